@@ -1,0 +1,5 @@
+import sys
+
+from polyalign.cli import main
+
+sys.exit(main())

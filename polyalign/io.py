@@ -1,0 +1,113 @@
+"""Small I/O helpers shared by every layer: atomic writes, fingerprints, JSONL.
+
+Results are always written atomically (temp file in the same folder, fsync, rename) so a
+crash or a full disk never leaves a half-written results file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from polyalign.errors import UserError
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (all or nothing)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write here: {exc.strerror or exc}", file=path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write: {exc.strerror or exc}", file=path) from None
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as JSON lines, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (or of a folder's files, sorted by name)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def text_fingerprint(*parts: Any) -> str:
+    """A stable short hash of JSON-serialisable parts (cache keys)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def require_file(path: str | Path) -> Path:
+    """Return ``Path(path)`` or raise a :class:`UserError` when it is not a readable file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("no such file or folder", file=path)
+    if path.is_dir():
+        raise UserError("is a folder, expected a file", file=path)
+    if not os.access(path, os.R_OK):
+        raise UserError("file is not readable", file=path)
+    return path
+
+
+def read_text_strict(path: str | Path, encoding: str = "utf-8") -> str:
+    """Read a whole text file; undecodable bytes are a :class:`UserError` naming the line."""
+    path = require_file(path)
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"undecodable bytes for {encoding} at byte {exc.start}", file=path, line=line
+        ) from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+
+    A line that is not a JSON object is a :class:`UserError` with its line number; a file
+    whose last line is cut mid-object reports that it looks truncated.
+    """
+    text = read_text_strict(path, encoding="utf-8-sig")
+    lines = text.split("\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            last = number == len(lines) or all(not rest.strip() for rest in lines[number:])
+            hint = " (file looks truncated)" if last and not text.endswith("\n") else ""
+            raise UserError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}", file=path, line=number) from None
+        if not isinstance(obj, dict):
+            raise UserError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=number)
+        yield number, obj
