@@ -1,0 +1,30 @@
+"""Pure loss functions and efficient sequence log-probabilities.
+
+Losses return per-example tensors ``[B]`` (the caller reduces) except
+:func:`retention_loss`, which is a scalar MSE. Formulas, intuitions and shapes are in each
+function's docstring.
+"""
+
+from polyalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss, nll, nll_loss, orpo_loss, simpo_loss
+from polyalign.losses.logprobs import model_sequence_logps, sequence_logps
+from polyalign.losses.mlc import MLC_SCALES, mean_pairwise_cosine, mlc_loss, rank1_share
+from polyalign.losses.mpo import POOLINGS, mpo_loss, pool_hidden, retention_loss
+
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "MLC_SCALES",
+    "POOLINGS",
+    "dpo_loss",
+    "mean_pairwise_cosine",
+    "mlc_loss",
+    "model_sequence_logps",
+    "mpo_loss",
+    "nll",
+    "nll_loss",
+    "orpo_loss",
+    "pool_hidden",
+    "rank1_share",
+    "retention_loss",
+    "sequence_logps",
+    "simpo_loss",
+]
