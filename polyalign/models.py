@@ -165,7 +165,7 @@ def build_tiny_model(
 
     ``vocab_size`` defaults to ``len(tokenizer)``; the tokenizer defaults to
     :func:`build_tiny_tokenizer`. The same ``seed`` gives bit-identical weights; the global
-    torch RNG state is left untouched. ~0.2-0.3 M parameters with the defaults.
+    torch RNG state is left untouched. ~0.14-0.2 M parameters with the defaults.
     """
     if arch not in _MODEL_CLASSES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -245,7 +245,7 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=_resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model: {str(exc).splitlines()[0]}", file=where) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -182,3 +182,12 @@ def test_load_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown dtype"):
         out = save_tiny_checkpoint(tmp_path / "m", arch="llama")
         load_model_and_tokenizer(out, dtype="float7")
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    out = save_tiny_checkpoint(tmp_path / "m", arch="llama")
+    model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    (out / "model.safetensors").unlink()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")  # a pickle checkpoint only
+    with pytest.raises(UserError, match="cannot load model"):
+        load_model_and_tokenizer(out)

@@ -1,0 +1,170 @@
+"""``polyalign data inspect|convert``: look at a data set, or convert it.
+
+* ``inspect PATH`` prints the detected format, record counts (by type and by language),
+  prompt/response length statistics in characters (min / median / max) and every content
+  problem, one per line. Exit code 0 whenever the data could be read, problems or not
+  (they are listed and counted); 2 for a structural error (one line on stderr).
+* ``convert PATH --to canonical|trl|mpo -o OUT`` reads, writes atomically and prints what
+  was read, skipped and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import Counter
+from typing import Any
+
+from polyalign.data.formats.preference import prompt_text
+from polyalign.data.readers import FORMATS, ReadResult, read_records
+from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
+from polyalign.data.writers import WRITE_FORMATS, unrepresentable, write_records
+from polyalign.errors import UserError
+
+MAX_PROBLEMS_IN_CONVERT = 20
+
+
+def parse_column_map(text: str | None) -> dict[str, str] | None:
+    """``"prompt=question,chosen=good"`` -> ``{"prompt": "question", "chosen": "good"}``."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UserError(f"expected FIELD=COLUMN pairs separated by commas, got {part!r}", field="--column-map")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _read(args: argparse.Namespace) -> ReadResult:
+    return read_records(
+        args.path, args.format, column_map=parse_column_map(args.column_map), language=args.language,
+        dominant_language=args.dominant_language, detect_language=not args.no_detect,
+        check_language=not args.no_language_check, strict=args.strict,
+    )
+
+
+def language_counts(records: list[Any]) -> Counter:
+    """Records having text in each language (a parallel pair counts for both its
+    languages; MLC pairs and prompt variants for each prompt language)."""
+    counts: Counter = Counter()
+    for record in records:
+        if isinstance(record, ParallelPair):
+            counts.update({record.dominant.language, record.target.language})
+        elif isinstance(record, PreferencePair):
+            counts.update({record.language} | set(record.variants.prompts if record.variants else ()))
+        elif isinstance(record, PromptVariants):
+            counts.update(set(record.prompts))
+        elif isinstance(record, EvalPrompt):
+            counts[record.language] += 1
+    return counts
+
+
+def length_stats(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Character lengths ``{"prompt"|"chosen"|"rejected": {"n", "min", "median", "max"}}``."""
+    texts: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
+
+    def add_pair(pair: PreferencePair) -> None:
+        texts["prompt"].append(len(prompt_text(pair.prompt)))
+        texts["chosen"].append(len(pair.chosen))
+        texts["rejected"].append(len(pair.rejected))
+
+    for record in records:
+        if isinstance(record, ParallelPair):
+            add_pair(record.dominant)
+            add_pair(record.target)
+        elif isinstance(record, PreferencePair):
+            add_pair(record)
+        elif isinstance(record, PromptVariants):
+            texts["prompt"].extend(len(prompt_text(p)) for p in record.prompts.values())
+        elif isinstance(record, EvalPrompt):
+            texts["prompt"].append(len(record.text))
+    return {name: {"n": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)}
+            for name, v in texts.items() if v}
+
+
+def _summary(result: ReadResult) -> dict[str, Any]:
+    return {
+        "path": str(result.path),
+        "format": result.format,
+        "records": len(result.records),
+        "record_types": dict(result.record_types()),
+        "skipped": dict(result.skipped),
+        "languages": dict(sorted(language_counts(result.records).items())),
+        "lengths": length_stats(result.records),
+        "problems": [str(p) for p in result.problems],
+    }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    summary = _summary(_read(args))
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return 0
+    types = ", ".join(f"{k}: {v}" for k, v in summary["record_types"].items())
+    print(f"path: {summary['path']}")
+    print(f"format: {summary['format']}")
+    print(f"records: {summary['records']}" + (f" ({types})" if types else ""))
+    skipped = summary["skipped"]
+    reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+    print(f"skipped: {sum(skipped.values())}" + (f" ({reasons})" if reasons else ""))
+    print("languages:")
+    for lang, count in summary["languages"].items():
+        print(f"  {lang:<8} {count}")
+    print("lengths (characters): n / min / median / max")
+    for name, s in summary["lengths"].items():
+        print(f"  {name:<9} {s['n']} / {s['min']} / {s['median']:g} / {s['max']}")
+    print(f"problems: {len(summary['problems'])}")
+    for line in summary["problems"]:
+        print(f"  {line}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    result = _read(args)
+    lost = unrepresentable(result.records, args.to)
+    rows = write_records(result.records, args.output, args.to)
+    skipped = sum(result.skipped.values())
+    reasons = ", ".join(f"{k}: {v}" for k, v in result.skipped.items())
+    print(f"read {len(result.records)} records from {result.path} (format {result.format})")
+    print(f"skipped {skipped}" + (f" ({reasons})" if reasons else ""))
+    for problem in result.problems[:MAX_PROBLEMS_IN_CONVERT]:
+        print(f"  {problem}")
+    if len(result.problems) > MAX_PROBLEMS_IN_CONVERT:
+        print(f"  ... {len(result.problems) - MAX_PROBLEMS_IN_CONVERT} more (see `polyalign data inspect`)")
+    for what, count in lost.items():
+        print(f"note: the {args.to} format cannot hold {what}; dropped from {count} records")
+    print(f"wrote {rows} rows to {args.output} (format {args.to})")
+    return 0
+
+
+def _add_read_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a data file or folder")
+    parser.add_argument("--format", help=f"skip auto-detection: one of {', '.join(FORMATS)}")
+    parser.add_argument("--column-map", help="for generic jsonl/csv: FIELD=COLUMN pairs, e.g. text=goal")
+    parser.add_argument("--language", help="language of data that has no label (TRL, generic, MPO target)")
+    parser.add_argument("--dominant-language", default="en", help="MPO source-side language (default en)")
+    parser.add_argument("--no-detect", action="store_true", help="no lingua language detection at all")
+    parser.add_argument("--no-language-check", action="store_true",
+                        help="do not flag declared languages that lingua contradicts")
+    parser.add_argument("--strict", action="store_true", help="fail on the first content problem")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data`` with ``inspect`` and ``convert`` to the ``polyalign`` parser."""
+    data = subparsers.add_parser("data", help="inspect or convert data sets", description=__doc__.splitlines()[0])
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    inspect = commands.add_parser("inspect", help="format, counts, lengths and problems of a data set")
+    _add_read_options(inspect)
+    inspect.add_argument("--json", action="store_true", help="print a JSON summary")
+    inspect.set_defaults(func=_inspect)
+
+    convert = commands.add_parser("convert", help="convert a data set to canonical, TRL or MPO form")
+    _add_read_options(convert)
+    convert.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
+    convert.add_argument("-o", "--output", required=True, help="output file (written atomically)")
+    convert.set_defaults(func=_convert)

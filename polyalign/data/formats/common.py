@@ -1,0 +1,250 @@
+"""Parsing helpers shared by the format readers: strict decoding, JSON lists with line
+numbers, JSONL, CSV rows with their starting line, typed field access, chat turns.
+
+Every helper raises :class:`~polyalign.errors.UserError` naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyalign.data.languages import LANGUAGE_NAMES, canonical_language
+from polyalign.data.records import Message
+from polyalign.errors import UserError
+from polyalign.io import require_file
+
+# Role spellings in released data -> our roles. ShareGPT uses human/gpt; Gemma uses model.
+ROLE_ALIASES = {"user": "user", "assistant": "assistant", "system": "system",
+                "human": "user", "gpt": "assistant", "model": "assistant"}
+_WS = re.compile(r"[ \t\n\r]*")
+# Long prompts in one CSV cell are legitimate; the csv module's default cap is 128 KiB.
+csv.field_size_limit(2**31 - 1)
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def type_name(value: Any) -> str:
+    """How a JSON value's type reads in a message ("a number", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a row is: file, 1-based line, and an optional label such as ``item 41``."""
+
+    file: str
+    line: int | None
+    label: str = ""
+
+    def error(self, field: str | None, message: str) -> UserError:
+        text = f"{self.label}: {message}" if self.label else message
+        return UserError(text, file=self.file, line=self.line, field=field)
+
+
+def _field_with_replacement(raw_line: str, kind: str, header: str | None) -> str | None:
+    """Which field of a line holds U+FFFD after lossy decoding (best effort)."""
+    if kind == "jsonl":
+        try:
+            obj = json.loads(raw_line)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if "\ufffd" in json.dumps(value, ensure_ascii=False):
+                    return str(key)
+    if kind == "csv":
+        cells = next(csv.reader([raw_line]), [])
+        names = next(csv.reader([header]), []) if header else []
+        for index, cell in enumerate(cells):
+            if "\ufffd" in cell:
+                return names[index] if index < len(names) else f"column {index + 1}"
+    return None
+
+
+def read_text(path: str | Path, kind: str = "text", encoding: str = "utf-8-sig") -> str:
+    """Decode a file strictly (a leading UTF-8 BOM is dropped); an empty file is an error.
+
+    Undecodable bytes raise a UserError with the line and, for JSONL/CSV (``kind``), the
+    field or column holding them.
+    """
+    path = require_file(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        lines = data.decode(encoding, errors="replace").split("\n")
+        header = lines[0] if kind == "csv" and line > 1 else None
+        field = _field_with_replacement(lines[line - 1], kind, header)
+        raise UserError(
+            f"undecodable bytes for UTF-8 at byte {exc.start} (0x{data[exc.start]:02x}); "
+            "save the file as UTF-8", file=path, line=line, field=field,
+        ) from None
+    if not text.strip():
+        raise UserError("file is empty (no records)", file=path, line=1)
+    return text
+
+
+def iter_json_list(path: str | Path) -> Iterator[tuple[Loc, int, Any]]:
+    """Yield ``(loc, index, item)`` for each item of a JSON list file.
+
+    ``loc.line`` is the line where the item starts (the released MPO files are indented,
+    ~30 lines per item), ``loc.label`` is ``item <index>``. A list cut mid-way reports that
+    the file looks truncated, naming the last complete item.
+    """
+    text = read_text(path, "json")
+    decoder = json.JSONDecoder()
+    looks_cut = not text.rstrip().endswith("]")
+    pos = _WS.match(text, 0).end()
+    if text[pos] != "[":
+        raise UserError(f"expected a JSON list starting with '[', got {text[pos]!r}",
+                        file=path, line=text.count("\n", 0, pos) + 1)
+    pos, index, line, counted = pos + 1, 0, 1, 0
+
+    def truncated() -> UserError:
+        return UserError(f"file looks truncated: the JSON list ends inside or after item {index} "
+                         f"({index} complete items)", file=path, line=text.count("\n") + 1)
+
+    while True:
+        pos = _WS.match(text, pos).end()
+        if pos >= len(text):
+            raise truncated()
+        if text[pos] == "]" and index == 0:
+            pos += 1
+            break
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            if looks_cut:
+                raise truncated() from None
+            raise UserError(f"item {index}: invalid JSON: {exc.msg} at column {exc.colno}",
+                            file=path, line=exc.lineno) from None
+        yield Loc(str(path), line, f"item {index}"), index, item
+        index += 1
+        pos = _WS.match(text, end).end()
+        if pos >= len(text):
+            raise truncated()
+        if text[pos] == "]":
+            pos += 1
+            break
+        if text[pos] != ",":
+            raise UserError(f"item {index - 1}: invalid JSON: expected ',' or ']' after the item",
+                            file=path, line=text.count("\n", 0, pos) + 1)
+        pos += 1
+    rest = _WS.match(text, pos).end()
+    if rest < len(text):
+        raise UserError("invalid JSON: extra data after the list", file=path, line=text.count("\n", 0, rest) + 1)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
+    """Yield ``(loc, object)`` per non-blank line; a cut last line says "truncated"."""
+    text = read_text(path, "jsonl")
+    lines = text.split("\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            last = all(not rest.strip() for rest in lines[number:])
+            hint = " (file looks truncated)" if last and not text.endswith("\n") else ""
+            raise UserError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}",
+                            file=path, line=number) from None
+        if not isinstance(obj, dict):
+            raise UserError(f"expected a JSON object per line, got {type_name(obj)}", file=path, line=number)
+        yield Loc(str(path), number), obj
+
+
+def iter_csv(path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(start_line, cells)`` per non-blank CSV row (quoted multi-line cells allowed;
+    the header, if any, is row 1). Malformed quoting is an error with its line."""
+    text = read_text(path, "csv")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UserError(f"invalid CSV: {exc}", file=path, line=start) from None
+        if row and any(cell.strip() for cell in row):
+            yield start, row
+
+
+def get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], loc: Loc, *, required: bool = True,
+        field: str | None = None) -> Any:
+    """``obj[key]`` checked to be of ``kind``; missing/mistyped is a UserError on ``loc``."""
+    name = field or key
+    if key not in obj or obj[key] is None:
+        if required:
+            raise loc.error(name, "missing required field")
+        return None
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise loc.error(name, f"expected {wanted}, got {type_name(value)}")
+    return value
+
+
+def parse_message(value: Any, loc: Loc, field: str) -> Message:
+    """One turn, ``{"role", "content"}`` or ShareGPT ``{"from", "value"}``."""
+    if not isinstance(value, dict):
+        raise loc.error(field, f"expected a chat turn object, got {type_name(value)}")
+    role_key, text_key = ("role", "content") if "role" in value or "content" in value else ("from", "value")
+    role = get(value, role_key, str, loc, field=f"{field}.{role_key}")
+    content = get(value, text_key, str, loc, field=f"{field}.{text_key}")
+    if role not in ROLE_ALIASES:
+        raise loc.error(f"{field}.{role_key}", f"unknown role {role!r} (expected one of "
+                        f"{', '.join(sorted(ROLE_ALIASES))})")
+    return Message(ROLE_ALIASES[role], content)
+
+
+def parse_turns(value: Any, loc: Loc, field: str) -> tuple[Message, ...]:
+    """A list of turns (see :func:`parse_message`)."""
+    if not isinstance(value, list):
+        raise loc.error(field, f"expected a list of chat turns, got {type_name(value)}")
+    return tuple(parse_message(turn, loc, f"{field}[{i}]") for i, turn in enumerate(value))
+
+
+def user_prompt(text: str) -> tuple[Message, ...]:
+    return (Message("user", text),)
+
+
+def known_language(name: str) -> str | None:
+    """Canonical code when ``name`` is a *known* language (folder names like ``en``, ``sp``);
+    ``None`` for other names, even well-formed ones like ``mlc``."""
+    try:
+        code = canonical_language(name)
+    except ValueError:
+        return None
+    return code if code in LANGUAGE_NAMES else None
+
+
+def language_code(value: str, loc: Loc, field: str) -> str:
+    """Canonical language code, or a UserError naming the field."""
+    try:
+        return canonical_language(value)
+    except ValueError:
+        raise loc.error(field, f"not a language code: {value!r}") from None
+
+
+def message_dicts_sharegpt(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    """Turns in the ShareGPT spelling used by the official MPO/MLC files."""
+    back = {"user": "human", "assistant": "gpt", "system": "system"}
+    return [{"from": back[m.role], "value": m.content} for m in messages]

@@ -1,0 +1,170 @@
+"""Content checks on parsed records, producing :class:`Problem` s.
+
+Policy (shared by every reader):
+
+* *Structural* errors (a file that cannot be parsed, a missing or mistyped field, an
+  unknown role, undecodable bytes, a truncated file) raise
+  :class:`~polyalign.errors.UserError` while parsing; nothing downstream can be trusted.
+* *Content* problems in otherwise well-formed rows are collected here. Each one skips its
+  row, becomes a :class:`Problem` and is counted in ``skipped[reason]``; nothing is
+  dropped silently. With ``strict=True`` the first content problem raises instead.
+
+Content problems and their reasons (the keys of ``ReadResult.skipped``):
+
+=====================  ====================================================================
+``empty text``         a prompt turn, response or prompt text is empty or whitespace only
+``chosen == rejected``  the two responses are identical after stripping whitespace
+``duplicate id``       a record id seen before in the same read (the first one is kept)
+``unknown language``   no label was given and lingua could not tell (label ``und``)
+``language mismatch``  a declared language that lingua confidently contradicts (see
+                       :func:`polyalign.data.langdetect.language_mismatch`); only prompt
+                       texts are checked, since responses may legitimately differ
+=====================  ====================================================================
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from polyalign.data.langdetect import language_mismatch
+from polyalign.data.records import EvalPrompt, Message, ParallelPair, PreferencePair, PromptVariants
+from polyalign.errors import UserError
+
+Record = PreferencePair | ParallelPair | PromptVariants | EvalPrompt
+
+EMPTY = "empty text"
+SAME = "chosen == rejected"
+DUPLICATE = "duplicate id"
+MISMATCH = "language mismatch"
+UNKNOWN = "unknown language"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One content problem; ``str()`` has the same ``file:line: field 'x': message`` shape
+    as :class:`~polyalign.errors.UserError`. ``reason`` is the ``skipped`` counter key."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return str(UserError(self.message, file=self.file, line=self.line, field=self.field))
+
+    def to_error(self) -> UserError:
+        return UserError(self.message, file=self.file, line=self.line, field=self.field)
+
+
+@dataclass(frozen=True)
+class LangCheck:
+    """A text whose declared language should be checked: ``(field, text, declared)``."""
+
+    field: str
+    text: str
+    language: str
+
+
+@dataclass
+class Item:
+    """A parsed record with where it came from and which texts have declared languages."""
+
+    record: Record
+    file: str
+    line: int | None
+    checks: list[LangCheck] = field(default_factory=list)
+    label: str = ""  # e.g. "item 41" for JSON lists, prefixed to messages
+
+
+def _prompt_problems(prefix: str, prompt: tuple[Message, ...]) -> list[tuple[str, str, str]]:
+    out = []
+    for index, message in enumerate(prompt):
+        if not message.content.strip():
+            out.append((f"{prefix}[{index}].content", EMPTY, f"empty {message.role} turn"))
+    if not prompt:
+        out.append((prefix, EMPTY, "prompt has no turns"))
+    return out
+
+
+def _language_problems(language: str, prefix: str = "") -> list[tuple[str, str, str]]:
+    if language != "und":
+        return []
+    return [(prefix + "language", UNKNOWN, "no language label and detection could not tell; "
+             "pass language= (--language)")]
+
+
+def _pair_problems(pair: PreferencePair, prefix: str = "") -> list[tuple[str, str, str]]:
+    out = _prompt_problems(prefix + "prompt", pair.prompt) + _language_problems(pair.language, prefix)
+    for name in ("chosen", "rejected"):
+        if not getattr(pair, name).strip():
+            out.append((prefix + name, EMPTY, f"empty {name} response"))
+    if pair.chosen.strip() and pair.chosen.strip() == pair.rejected.strip():
+        out.append((prefix + "rejected", SAME, "chosen and rejected responses are identical"))
+    if pair.variants is not None:
+        out.extend(_variant_problems(pair.variants, prefix + "variants."))
+    return out
+
+
+def _variant_problems(variants: PromptVariants, prefix: str = "") -> list[tuple[str, str, str]]:
+    out = []
+    for language, prompt in variants.prompts.items():
+        out.extend(_prompt_problems(f"{prefix}{language}", prompt))
+    return out
+
+
+def record_problems(record: Record) -> list[tuple[str, str, str]]:
+    """Content problems of one record as ``(field, reason, message)`` (no id/language checks)."""
+    if isinstance(record, ParallelPair):
+        return _pair_problems(record.dominant, "dominant.") + _pair_problems(record.target, "target.")
+    if isinstance(record, PreferencePair):
+        return _pair_problems(record)
+    if isinstance(record, PromptVariants):
+        return _variant_problems(record)
+    if isinstance(record, EvalPrompt):
+        empty = [("text", EMPTY, "empty prompt text")] if not record.text.strip() else []
+        return empty + _language_problems(record.language)
+    raise TypeError(f"not a record: {type(record).__name__}")
+
+
+def validate_items(
+    items: Iterable[Item], *, check_language: bool = True, strict: bool = False
+) -> tuple[list[Record], list[Problem], Counter]:
+    """Run content checks; return ``(kept records, problems, skipped counter)``.
+
+    A row with several problems is reported once per problem but counted once in
+    ``skipped``, under its first problem's reason.
+    """
+    kept: list[Record] = []
+    problems: list[Problem] = []
+    skipped: Counter = Counter()
+    seen: dict[str, tuple[str, int | None]] = {}
+    for item in items:
+        found = list(record_problems(item.record))
+        if item.record.id in seen:
+            first_file, first_line = seen[item.record.id]
+            where = f"{first_file}:{first_line}" if first_line is not None else first_file
+            found.append(("id", DUPLICATE, f"duplicate id {item.record.id!r} (first at {where})"))
+        if check_language and not found:
+            for check in item.checks:
+                hit = language_mismatch(check.text, check.language)
+                if hit is not None:
+                    detected, confidence = hit
+                    found.append(
+                        (check.field, MISMATCH, f"declared language {check.language!r} but the text looks "
+                         f"like {detected!r} (confidence {confidence:.2f})")
+                    )
+        if not found:
+            seen[item.record.id] = (item.file, item.line)
+            kept.append(item.record)
+            continue
+        skipped[found[0][1]] += 1
+        for field_name, reason, message in found:
+            text = f"{item.label}: {message}" if item.label else message
+            problem = Problem(item.file, item.line, field_name, text, reason)
+            if strict:
+                raise problem.to_error()
+            problems.append(problem)
+    return kept, problems, skipped
