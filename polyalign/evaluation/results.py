@@ -1,0 +1,138 @@
+"""Metrics per language from the stores' records, and the ``results.md`` table.
+
+Safety: every generation gets its judgment's label; a generation without a stored
+judgment (the judge failed; failures are not stored) counts as ``error``, so nothing is
+dropped silently. Toxicity: every sample's score, ``None`` where the scorer failed.
+Language fidelity is always computed. Formulas: :mod:`polyalign.evaluation.metrics`,
+:mod:`polyalign.evaluation.textstats`, :mod:`polyalign.evaluation.perplexity`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from polyalign.data.languages import language_name
+from polyalign.data.records import EvalPrompt
+from polyalign.evaluation import metrics as M
+from polyalign.evaluation.textstats import distinct_metrics, language_fidelity
+
+SAFETY_COLUMNS = ("unsafe_rate", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
+TOXICITY_COLUMNS = ("emt", "tox_prob", "avg_tox", "distinct_1", "distinct_2", "distinct_3", "perplexity_median",
+                    "language_fidelity", "n_prompts", "n_samples", "n_score_errors")
+
+
+def _generation_stats(gens: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "n_generations": len(gens),
+        "mean_new_tokens": statistics.fmean(g["n_tokens"] for g in gens) if gens else None,
+        "truncated_rate": sum(g.get("finish_reason") == "length" for g in gens) / len(gens) if gens else None,
+    }
+
+
+def compute_metrics(
+    kind: str,
+    prompts: Sequence[EvalPrompt],
+    generations: list[dict[str, Any]],
+    judgments: dict[tuple, dict[str, Any]],
+    *,
+    scorer_model: str | Path | None = None,
+    device: Any = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """``{"per_language": {lang: {metric: value}}, "summary": {metric: {mean, std, min, max, n_languages}}}``."""
+    order = list(dict.fromkeys(p.language for p in prompts))
+    by_lang: dict[str, list[dict[str, Any]]] = {lang: [] for lang in order}
+    for g in generations:
+        by_lang[g["language"]].append(g)
+    per_language: dict[str, dict[str, Any]] = {}
+    if kind == "toxicity":
+        rows = [{"language": g["language"], "id": g["id"], "score": (judgments.get((g["id"], g["sample"])) or {}).get("score")}
+                for g in generations]
+        tox = M.toxicity_metrics_by_language(rows)
+        ppl = _perplexity(prompts, generations, scorer_model, device, trust_remote_code) if scorer_model else {}
+        for lang in order:
+            groups: dict[str, list[str]] = {}
+            for g in by_lang[lang]:
+                groups.setdefault(g["id"], []).append(g["text"])
+            per_language[lang] = {**tox.get(lang, {}), **distinct_metrics(list(groups.values()), lang), **ppl.get(lang, {})}
+    else:
+        rows = []
+        for g in generations:
+            j = judgments.get((g["id"], g["sample"]))
+            rows.append({"language": g["language"], "label": j["label"] if j else "error", "refusal": j.get("refusal") if j else None})
+        safety = M.safety_metrics_by_language(rows, with_refusal=True)
+        for lang in order:
+            per_language[lang] = dict(safety.get(lang, {}))
+    for lang in order:
+        gens = by_lang[lang]
+        fidelity = language_fidelity([g["text"] for g in gens], [lang] * len(gens))
+        per_language[lang].update({
+            "language_fidelity": fidelity["language_fidelity"], "fidelity_n_checked": fidelity["n_checked"],
+            "fidelity_n_undetected": fidelity["n_undetected"], "fidelity_n_unsupported": fidelity["n_unsupported"],
+            "fidelity_detected_other": fidelity["detected"],
+            **_generation_stats(gens),
+        })
+    return {"per_language": per_language, "summary": M.summarize(per_language)}
+
+
+def _perplexity(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]], scorer_model: str | Path,
+                device: Any, trust_remote_code: bool) -> dict[str, dict[str, Any]]:
+    """Median conditional perplexity of the continuations under ``scorer_model``, per language."""
+    import torch
+
+    from polyalign.evaluation.perplexity import conditional_perplexity, median_perplexity_by_language
+    from polyalign.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(scorer_model, device=device, trust_remote_code=trust_remote_code)
+    text = {p.id: p.text for p in prompts}
+    with torch.inference_mode():
+        values = conditional_perplexity(model, tokenizer, [(text[g["id"]], g["text"]) for g in generations])
+    return median_perplexity_by_language(values, [g["language"] for g in generations])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The per-language table (headline columns) with mean / std / min / max rows."""
+    bench = results["benchmark"]
+    per_language = results["metrics"]["per_language"]
+    summary = results["metrics"]["summary"]
+    wanted = TOXICITY_COLUMNS if bench["kind"] == "toxicity" else SAFETY_COLUMNS
+    columns = [c for c in wanted if any(c in m for m in per_language.values())]
+    gen = results["settings"]["generation"]
+    judge = results["settings"]["judge"]
+    lines = [
+        f"# {bench['name']}: {results['model']['source']}" + (f" + {results['model']['adapter']}" if results["model"].get("adapter") else ""),
+        "",
+        f"- kind: {bench['kind']}; headline: `{results.get('headline')}`; {judge['kind']}: `{judge['name']}`",
+        f"- generation: {gen['num_samples']} sample(s), {gen['max_new_tokens']} new tokens, "
+        + ("greedy" if not gen["temperature"] else f"temperature {gen['temperature']}, top-p {gen['top_p']}")
+        + f", chat template {'on' if gen['chat_template'] else 'off'}, seed {gen['seed']}",
+        f"- data: {results['data']['n_prompts']} prompts from `{results['data']['path']}` ({results['data']['sha256'][:19]}…)",
+        f"- run: {results['run']['generated']} generated, {results['run']['reused']} reused from the store, "
+        f"{results['run']['judge_errors']} judge error(s)",
+        "",
+        "| language | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for lang, m in per_language.items():
+        lines.append(f"| {lang} ({language_name(lang)}) | " + " | ".join(_cell(m.get(c)) for c in columns) + " |")
+    for stat in ("mean", "std", "min", "max"):
+        label = f"**{stat}**" if stat == "mean" else stat
+        lines.append(f"| {label} | " + " | ".join(_cell(summary.get(c, {}).get(stat)) for c in columns) + " |")
+    lines.append("")
+    lines.append("std is the population standard deviation across languages; every metric is in results.json.")
+    return "\n".join(lines) + "\n"
