@@ -1,0 +1,226 @@
+"""Training configuration: ``transformers.TrainingArguments`` plus polyalign's settings.
+
+A run is described by a YAML recipe (top-level mapping of setting -> value) with optional
+command-line overrides ``--key value`` (or ``--key=value``; values parsed as YAML scalars).
+Any key that is neither a ``TrainingArguments`` field nor one below is a
+:class:`~polyalign.errors.UserError` naming the YAML file, its line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainingArguments
+
+from polyalign.errors import UserError
+from polyalign.io import read_text_strict
+
+METHODS = ("dpo", "simpo", "orpo", "sft", "mpo")
+# Default weight of the NLL (SFT) term on the chosen answer per method. ORPO is NLL + the
+# odds-ratio term by definition; for DPO a weight around 1 is recommended (plain DPO without
+# it collapsed in a feasibility run) but 0 keeps the textbook objective.
+DEFAULT_NLL_WEIGHT = {"dpo": 0.0, "simpo": 0.0, "orpo": 1.0, "sft": 1.0, "mpo": 0.0}
+
+
+@dataclass
+class PolyalignConfig(TrainingArguments):
+    """All settings of ``polyalign train``. Paper values and sources are in ``recipes/*.yaml``."""
+
+    # What to train.
+    method: str = field(default="dpo", metadata={"help": f"one of {METHODS}"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "model folder (safetensors) or hub id"})
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "reference model; default: the starting policy (adapters disabled with LoRA)"}
+    )
+    model_dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    # Data.
+    train_file: str | None = field(default=None, metadata={"help": "training data (any format read_records knows)"})
+    train_format: str | None = None
+    eval_file: str | None = field(default=None, metadata={"help": "evaluation data; metrics per language"})
+    eval_format: str | None = None
+    data_language: str | None = field(default=None, metadata={"help": "declared language where the data has none"})
+    detect_language: bool = True
+    dominant_language: str = field(default="en", metadata={"help": "MPO dominant language"})
+    max_examples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    # Tokenisation.
+    max_length: int = 1024
+    max_prompt_length: int | None = None
+    truncation_mode: str = "keep_end"
+    on_overlong: str = field(default="skip", metadata={"help": "skip (counted, reported) | error"})
+    prefix_mismatch: str = field(default="error", metadata={"help": "error | concatenate"})
+    chat_template: str = field(default="auto", metadata={"help": "auto | chat | plain"})
+    # Objective.
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    nll_weight: float | None = field(default=None, metadata={"help": f"default per method: {DEFAULT_NLL_WEIGHT}"})
+    mpo_beta: float = 1.0
+    retain_alpha: float = 1.0
+    retain_pooling: str = field(default="masked_mean", metadata={"help": "masked_mean | unmasked_mean"})
+    logps_chunk_size: int = 1024
+    # Reference cache.
+    reference_cache_dir: str | None = field(default=None, metadata={"help": "default: ~/.cache/polyalign/reference"})
+    # LoRA / QLoRA.
+    use_lora: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Any = "all-linear"
+    load_in_4bit: bool = False
+    # TrainingArguments defaults that must differ for this trainer.
+    remove_unused_columns: bool = False
+    report_to: Any = "none"
+    save_strategy: Any = "no"
+    logging_steps: float = 10
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; expected one of {list(METHODS)}", field="method")
+        if self.retain_pooling not in ("masked_mean", "unmasked_mean"):
+            raise UserError(f"must be masked_mean or unmasked_mean, got {self.retain_pooling!r}", field="retain_pooling")
+        from polyalign.data.tokenize import TokenizeSettings
+        from polyalign.losses import DPO_LOSS_TYPES
+
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise UserError(f"must be one of {list(DPO_LOSS_TYPES)}, got {self.loss_type!r}", field="loss_type")
+        # Validate the tokenisation settings now, so errors point at the recipe line.
+        TokenizeSettings(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
+                         truncation_mode=self.truncation_mode, on_overlong=self.on_overlong,
+                         prefix_mismatch=self.prefix_mismatch, chat_template=self.chat_template)
+        if self.remove_unused_columns:
+            raise UserError("polyalign batches need remove_unused_columns: false", field="remove_unused_columns")
+        super().__post_init__()
+
+    @property
+    def resolved_nll_weight(self) -> float:
+        return DEFAULT_NLL_WEIGHT[self.method] if self.nll_weight is None else float(self.nll_weight)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML; ``*_token`` settings (secrets) are left out.
+
+        ``load_config`` reads it back into an equal configuration.
+        """
+        values = {k: v for k, v in self.to_dict().items() if not k.endswith("_token")}
+        return yaml.safe_dump(_plain(values), sort_keys=True, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(PolyalignConfig) if f.init}
+
+
+def _coerce(name: str, value: Any, hint: Any, where: dict[str, Any]) -> Any:
+    """Convert YAML/CLI scalars to the field's simple type (YAML reads ``1e-5`` as a string)."""
+    args = typing.get_args(hint) or (hint,)
+    if value is None or not isinstance(value, (str, int, float)) or isinstance(value, bool) and bool in args:
+        return value
+    try:
+        if float in args and not isinstance(value, bool) and not (str in args and isinstance(value, str)):
+            return float(value)
+        if int in args and isinstance(value, str) and str not in args:
+            return int(value)
+        if bool in args and isinstance(value, str) and str not in args:
+            lowered = value.lower()
+            if lowered in ("true", "false", "yes", "no"):
+                return lowered in ("true", "yes")
+            raise ValueError(value)
+    except ValueError:
+        raise UserError(f"cannot read {value!r} as {hint}", field=name, **where) from None
+    return value
+
+
+def _type_hints() -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(PolyalignConfig)
+    except Exception:  # pragma: no cover - annotations not resolvable: no coercion
+        return {}
+
+
+def _unknown(key: str, where: dict[str, Any]) -> UserError:
+    close = difflib.get_close_matches(key, list(config_fields()), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"unknown setting{hint}", field=key, **where)
+
+
+def read_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse a YAML recipe into ``(settings, line_of_each_key)``; structural problems are UserErrors."""
+    text = read_text_strict(path)
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
+                        line=mark.line + 1 if mark else None) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise UserError("a recipe must be a mapping of setting: value", file=path, line=1)
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    return {str(k): v for k, v in data.items()}, lines
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--lr", "1e-5", "--max_steps=3"]`` -> ``{"lr": "1e-5", "max_steps": 3}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise UserError(f"expected --key value, got {arg!r}", file="<command line>")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise UserError("missing value", file="<command line>", field=key)
+            value, i = args[i + 1], i + 1
+        key = key.replace("-", "_")
+        try:
+            out[key] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            out[key] = value
+        i += 1
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> PolyalignConfig:
+    """Recipe ``path`` (may be None) with ``overrides`` applied -> a validated :class:`PolyalignConfig`."""
+    settings, lines = read_recipe(path) if path is not None else ({}, {})
+    known, hints = config_fields(), _type_hints()
+    values: dict[str, Any] = {}
+    for key, value in settings.items():
+        where = {"file": path, "line": lines.get(key)}
+        if key not in known:
+            raise _unknown(key, where)
+        values[key] = _coerce(key, value, hints.get(key), where)
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    for key, value in extra.items():
+        where = {"file": "<command line>", "line": None}
+        if key not in known:
+            raise _unknown(key, where)
+        values[key] = _coerce(key, value, hints.get(key), where)
+    if not values.get("output_dir"):
+        raise UserError("output_dir is required", file=path, field="output_dir")
+    try:
+        return PolyalignConfig(**values)
+    except UserError as exc:
+        if exc.file is None:
+            exc = UserError(exc.message, file=path, line=lines.get(exc.field or ""), field=exc.field)
+        raise exc from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"invalid settings: {str(exc).splitlines()[0]}", file=path) from None

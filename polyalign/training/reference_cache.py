@@ -1,0 +1,207 @@
+"""Everything constant about the frozen reference model, computed once and cached on disk.
+
+Per method (all per example, in the example's chosen/rejected order):
+
+- ``dpo``: ``ref_chosen_logps``, ``ref_rejected_logps`` (summed response log-probs) and
+  ``ref_chosen_avg_logps``, ``ref_rejected_avg_logps`` (length-normalised);
+- ``mpo``: on the dominant-language pair, ``ref_chosen_avg_logps`` / ``ref_rejected_avg_logps``
+  (their difference is the dominant reward gap ``RG_d``) and the pooled last hidden states
+  ``ref_chosen_pooled`` / ``ref_rejected_pooled`` ``[H]`` (see :func:`retention_pool_mask`);
+- ``simpo``, ``orpo``, ``sft``: nothing (reference-free).
+
+The cache file ``<cache_dir>/<key>.safetensors`` holds one tensor per quantity with rows in
+the order of the example ids stored in its metadata; values are attached to the examples by
+id, so shuffling and length grouping never misalign them. The key hashes the model (config
+and weight files' names, sizes and mtimes, or the hub id), the model dtype, the data file
+fingerprints, the tokenisation settings, the tokenised examples themselves and the method's
+reference settings (pooling). A later run with the same key loads the file and never loads or
+runs the reference model: :data:`REFERENCE_FORWARD_CALLS` counts reference forward batches so
+tests can check that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyalign.io import atomic_write_json, text_fingerprint
+from polyalign.losses import model_sequence_logps, pool_hidden
+
+log = logging.getLogger("polyalign.training")
+
+#: Number of reference-model forward batches run in this process (tests read it).
+REFERENCE_FORWARD_CALLS = 0
+
+_SCALARS = ("ref_chosen_logps", "ref_rejected_logps", "ref_chosen_avg_logps", "ref_rejected_avg_logps")
+_POOLED = ("ref_chosen_pooled", "ref_rejected_pooled")
+
+
+def needs_reference(method: str) -> bool:
+    return method in ("dpo", "mpo")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("POLYALIGN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "polyalign")
+    return Path(base) / "reference"
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """Config text + weight files (name, size, mtime) of a local folder; the id itself otherwise."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"id:{name_or_path}"
+    parts: list[Any] = [str(path.resolve())]
+    config = path / "config.json"
+    if config.is_file():
+        parts.append(config.read_text(encoding="utf-8"))
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".safetensors", ".bin") or file.name.endswith(".index.json"):
+            stat = file.stat()
+            parts.append([file.name, stat.st_size, stat.st_mtime_ns])
+    return text_fingerprint(*parts)
+
+
+def retention_pool_mask(batch: dict[str, Any], pooling: str) -> torch.Tensor:
+    """Positions averaged by the retention term for a preference batch ``[2B, T]``.
+
+    ``masked_mean``: the attention mask (real tokens only). ``unmasked_mean`` (released MPO
+    code, ``mean(dim=1)`` over a per-device batch of 1, i.e. the chosen and rejected
+    dominant sequences padded to the longer of the two): every position ``t < max(len_c,
+    len_r)`` of the example's pair, padding included. Defined per example, it does not
+    depend on what else is in the batch, so cached reference vectors and the policy's
+    agree whatever the batching (right padding + causal attention: extra padding after
+    position ``t`` does not change hidden state ``t``).
+    """
+    attention = batch["attention_mask"]
+    if pooling == "masked_mean":
+        return attention
+    lengths = attention.sum(dim=1)
+    half = lengths.shape[0] // 2
+    pair = torch.maximum(lengths[:half], lengths[half:]).repeat(2)  # [2B]
+    positions = torch.arange(attention.shape[1], device=attention.device)
+    return (positions.unsqueeze(0) < pair.unsqueeze(1)).long()
+
+
+def cache_key(
+    model_fp: str, dtype: str | None, data_fps: list[str], settings: dict[str, Any], method: str,
+    pooling: str, dataset: Any,
+) -> str:
+    """Stable key of everything the cached values depend on."""
+    examples = [[e["id"], _token_view(e)] for e in dataset.examples]
+    return text_fingerprint("polyalign-reference-v1", model_fp, str(dtype), data_fps, settings, method, pooling,
+                            text_fingerprint(examples))
+
+
+def _token_view(example: dict[str, Any]) -> Any:
+    if "dominant" in example:  # MPO: only the dominant pair goes through the reference
+        example = example["dominant"]
+    return [example["prompt_input_ids"], example["chosen_input_ids"], example["rejected_input_ids"]]
+
+
+@torch.no_grad()
+def compute_reference_values(
+    model: torch.nn.Module, dataset: Any, method: str, *, pad_token_id: int, batch_size: int = 8,
+    pooling: str = "masked_mean", chunk_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Run the reference (``model`` in eval mode, no grad) over ``dataset``; tensors in dataset order."""
+    global REFERENCE_FORWARD_CALLS
+    from polyalign.data.collate import collate_preference
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {}
+    try:
+        for start in range(0, len(dataset), batch_size):
+            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            if method == "mpo":
+                examples = [e["dominant"] for e in examples]
+            batch = collate_preference(examples, pad_token_id)
+            n = len(examples)
+            tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
+            total, avg, _, hidden = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
+            REFERENCE_FORWARD_CALLS += 1
+            values = {"ref_chosen_logps": total[:n], "ref_rejected_logps": total[n:],
+                      "ref_chosen_avg_logps": avg[:n], "ref_rejected_avg_logps": avg[n:]}
+            if method == "mpo":
+                mask = retention_pool_mask({"attention_mask": tensors["attention_mask"]}, pooling)
+                pooled = pool_hidden(hidden, mask, "masked_mean")
+                values.update(ref_chosen_pooled=pooled[:n], ref_rejected_pooled=pooled[n:])
+            for k, v in values.items():
+                out.setdefault(k, []).append(v.detach().float().cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Write the cache file atomically (temp name, then rename) plus a JSON description."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"ids": json.dumps(ids)})
+    os.replace(tmp, path)
+    atomic_write_json(path.with_suffix(".json"), info)
+
+
+def load_values(path: Path) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+    """Read a cache file; None when it is missing or unreadable (then it is recomputed)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            ids = json.loads(handle.metadata()["ids"])
+            values = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:  # a corrupt cache is recomputed, not fatal
+        log.warning("ignoring unreadable reference cache %s: %s", path, exc)
+        return None
+    return ids, values
+
+
+def attach_values(dataset: Any, ids: list[str], values: dict[str, torch.Tensor], method: str) -> None:
+    """Store each example's cached values in the example (the dominant side for MPO)."""
+    row = {i: n for n, i in enumerate(ids)}
+    missing = [i for i in dataset.ids if i not in row]
+    if missing:
+        raise RuntimeError(f"reference cache lacks examples {missing[:5]}")
+    for example in dataset.examples:
+        target = example["dominant"] if method == "mpo" else example
+        r = row[str(example["id"])]
+        for k, v in values.items():
+            target[k] = v[r].item() if v.dim() == 1 else v[r].clone()
+
+
+def prepare_reference(
+    dataset: Any, method: str, key: str, cache_dir: str | Path, reference_factory: Any, *, pad_token_id: int,
+    batch_size: int, pooling: str, chunk_size: int, info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load cached reference values for ``dataset`` or compute and cache them; attach them.
+
+    ``reference_factory()`` is a context manager yielding the reference model; it is only
+    entered on a cache miss (a hit never loads a reference model). Returns a small status
+    dict ``{"path", "hit", "forward_calls"}`` for the run summary.
+    """
+    path = Path(cache_dir) / f"{key}.safetensors"
+    before = REFERENCE_FORWARD_CALLS
+    loaded = load_values(path)
+    if loaded is not None and set(dataset.ids) <= set(loaded[0]):
+        ids, values = loaded
+        hit = True
+    else:
+        with reference_factory() as reference:
+            values = compute_reference_values(reference, dataset, method, pad_token_id=pad_token_id,
+                                              batch_size=batch_size, pooling=pooling, chunk_size=chunk_size)
+        ids = dataset.ids
+        save_values(path, ids, values, {"key": key, "method": method, "examples": len(ids), **(info or {})})
+        hit = False
+    attach_values(dataset, ids, values, method)
+    log.info("reference values %s %s", "loaded from" if hit else "computed and cached in", path)
+    return {"path": str(path), "hit": hit, "forward_calls": REFERENCE_FORWARD_CALLS - before}

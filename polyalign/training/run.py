@@ -1,0 +1,207 @@
+"""``train(config)``: model, optional LoRA, data, reference cache, Trainer, saved run.
+
+The saved run is ``<output_dir>/final/`` (written into a temporary folder and renamed, so it
+is complete or absent):
+
+- the model (``model.safetensors`` + config) or, with LoRA, the adapters
+  (``adapter_model.safetensors`` + ``adapter_config.json``, loadable with PEFT);
+- the tokenizer (with its chat template);
+- ``polyalign_config.yaml``: the resolved configuration;
+- ``run_info.json``: data fingerprints (:func:`polyalign.io.file_fingerprint`), what data was
+  skipped and why, the reference-cache status and the final metrics.
+
+Trainer checkpoints (``checkpoint-N``) go to ``output_dir`` as usual; ``resume_from_checkpoint``
+works as in transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyalign.data.collate import Collator
+from polyalign.errors import UserError
+from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.training.config import PolyalignConfig
+from polyalign.training.datasets import ExampleDataset, load_training_data, tokenize_settings
+from polyalign.training.reference_cache import (
+    cache_key,
+    default_cache_dir,
+    model_fingerprint,
+    needs_reference,
+    prepare_reference,
+)
+
+log = logging.getLogger("polyalign.training")
+
+
+def load_policy(config: PolyalignConfig) -> tuple[Any, Any]:
+    """The model to train and its tokenizer; LoRA adapters added when ``use_lora``."""
+    from polyalign.models import load_model_and_tokenizer
+
+    if not config.model_name_or_path:
+        raise UserError("model_name_or_path is required", field="model_name_or_path")
+    if config.load_in_4bit:
+        model, tokenizer = _load_4bit(config)
+    else:
+        model, tokenizer = load_model_and_tokenizer(config.model_name_or_path, dtype=config.model_dtype)
+    if config.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        if config.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    elif config.load_in_4bit:
+        raise UserError("load_in_4bit needs use_lora: true (QLoRA)", field="load_in_4bit")
+    return model, tokenizer
+
+
+def _load_4bit(config: PolyalignConfig) -> tuple[Any, Any]:
+    """QLoRA base model: 4-bit NF4 weights, bf16 compute (needs bitsandbytes and a GPU)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("load_in_4bit needs the bitsandbytes package (and a CUDA GPU)", field="load_in_4bit") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, quantization_config=quant,
+                                                 trust_remote_code=False, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _reference_factory(config: PolyalignConfig, policy: Any) -> Any:
+    """A context manager yielding the reference model, entered only on a cache miss."""
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[Any]:
+        if config.ref_model_name_or_path:
+            from polyalign.models import load_model_and_tokenizer
+
+            reference, _ = load_model_and_tokenizer(config.ref_model_name_or_path, dtype=config.model_dtype)
+            reference.to(next(policy.parameters()).device)
+            try:
+                yield reference
+            finally:
+                del reference
+                gc.collect()
+        elif hasattr(policy, "disable_adapter"):
+            # LoRA: the reference is the base model with the adapters switched off, never a copy.
+            with policy.disable_adapter():
+                yield policy
+        else:
+            # Full fine-tuning: before the first step the policy *is* the reference.
+            yield policy
+
+    return factory
+
+
+def _attach_reference(config: PolyalignConfig, model: Any, tokenizer: Any, datasets: dict[str, Any],
+                      reports: dict[str, Any]) -> dict[str, Any]:
+    """Cached reference values for every dataset (computed on the main process first)."""
+    from accelerate import PartialState
+
+    status: dict[str, Any] = {}
+    if not needs_reference(config.method):
+        return status
+    cache_dir = Path(config.reference_cache_dir) if config.reference_cache_dir else default_cache_dir()
+    model_fp = model_fingerprint(config.ref_model_name_or_path or config.model_name_or_path)
+    device = config.device
+    if next(model.parameters()).device != device and not config.load_in_4bit:
+        model.to(device)
+    for name, dataset in datasets.items():
+        key = cache_key(model_fp, config.model_dtype, [reports[name].fingerprint],
+                        tokenize_settings(config).to_dict(), config.method, config.retain_pooling, dataset)
+        with PartialState().main_process_first():
+            status[name] = prepare_reference(
+                dataset, config.method, key, cache_dir, _reference_factory(config, model),
+                pad_token_id=tokenizer.pad_token_id, batch_size=config.per_device_eval_batch_size,
+                pooling=config.retain_pooling, chunk_size=config.logps_chunk_size,
+                info={"model": config.ref_model_name_or_path or config.model_name_or_path, "data": reports[name].path})
+    return status
+
+
+def train(config: PolyalignConfig) -> dict[str, Any]:
+    """Run one training job end to end; returns the ``run_info`` dict also saved with the run."""
+    from transformers import set_seed
+
+    from polyalign.training.trainer import PolyalignTrainer
+
+    if not config.train_file:
+        raise UserError("train_file is required", field="train_file")
+    set_seed(config.seed)
+    model, tokenizer = load_policy(config)
+    train_ds, train_report = load_training_data(config, tokenizer, config.train_file, config.train_format,
+                                                limit=config.max_examples)
+    datasets: dict[str, ExampleDataset] = {"train": train_ds}
+    reports = {"train": train_report}
+    if config.eval_file:
+        eval_ds, eval_report = load_training_data(config, tokenizer, config.eval_file, config.eval_format)
+        datasets["eval"], reports["eval"] = eval_ds, eval_report
+    reference = _attach_reference(config, model, tokenizer, datasets, reports)
+    eval_dataset = datasets["eval"].by_language() if "eval" in datasets else None
+    trainer = PolyalignTrainer(
+        model=model, args=config, train_dataset=train_ds, eval_dataset=eval_dataset,
+        data_collator=Collator(config.method, tokenizer.pad_token_id), processing_class=tokenizer,
+    )
+    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    metrics: dict[str, Any] = dict(result.metrics)
+    if eval_dataset:
+        for lang, dataset in eval_dataset.items():
+            metrics.update(trainer.evaluate(dataset, metric_key_prefix=f"eval_{lang}"))
+    run_info = {
+        "method": config.method,
+        "model": config.model_name_or_path,
+        "data": {name: report.to_dict() for name, report in reports.items()},
+        "reference_cache": reference,
+        "metrics": metrics,
+        "log_history": trainer.state.log_history,
+    }
+    run_info["saved_to"] = str(save_run(trainer, config, run_info))
+    return run_info
+
+
+def save_run(trainer: Any, config: PolyalignConfig, run_info: dict[str, Any]) -> Path:
+    """Write ``<output_dir>/final`` atomically (temporary folder, then rename)."""
+    final = Path(config.output_dir) / "final"
+    tmp = Path(config.output_dir) / f".final.tmp-{os.getpid()}"
+    trainer.save_model(str(tmp))  # every process calls it (ZeRO-3 gathers); only the main one writes
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; polyalign_config.yaml replaces it
+    if not trainer.is_world_process_zero():
+        return final
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(str(tmp))
+    atomic_write_text(tmp / "polyalign_config.yaml", config.to_yaml())
+    atomic_write_json(tmp / "run_info.json", _jsonable(run_info))
+    old = final.with_name(f".final.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

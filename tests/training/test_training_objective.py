@@ -1,0 +1,91 @@
+"""The MPO objective on one batch: reference pooling (both modes) and the terms at initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polyalign.training.reference_cache as rc
+from polyalign.data.collate import collate_mpo
+from polyalign.data.records import Message, ParallelPair, PreferencePair
+from polyalign.data.tokenize import TokenizeSettings, TokenizeStats, tokenize_parallel_pair
+from polyalign.models import build_tiny_model, build_tiny_tokenizer
+from polyalign.training.config import load_config
+from polyalign.training.datasets import ExampleDataset
+from polyalign.training.objective import compute_objective, term_weights
+
+from training_helpers import TINY_RECIPE, brute_logps
+
+
+def _pp(i: int, dom_chosen: str, tgt_chosen: str) -> ParallelPair:
+    def pair(pid, lang, user, chosen, rejected):
+        return PreferencePair(pid, (Message("user", user),), chosen, rejected, lang)
+
+    return ParallelPair(f"m{i}", pair(f"m{i}-en", "en", "How do I stay safe?", dom_chosen, "Do something risky now."),
+                        pair(f"m{i}-zh", "zh", "我怎样保持安全?", tgt_chosen, "做点危险的事情吧。"))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("llama", tok)
+    examples = [tokenize_parallel_pair(p, tok, TokenizeSettings(), TokenizeStats())
+                for p in (_pp(0, "No.", "不行。"), _pp(1, "I cannot help with that request at all, sorry.", "不。"))]
+    return tok, model, examples
+
+
+def _released_pool(model, dominant: dict) -> torch.Tensor:
+    """Released MPO code at per-device batch 1: pad the pair to its longer row, mean over dim 1."""
+    rows = [dominant["prompt_input_ids"] + dominant[f"{s}_input_ids"] for s in ("chosen", "rejected")]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    return hidden.double().mean(dim=1)  # [2, H]: chosen, rejected
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_unmasked_pooling_reproduces_the_released_code_whatever_the_batching(setup, batch_size):
+    tok, model, examples = setup
+    dataset = ExampleDataset([dict(e) for e in examples])
+    values = rc.compute_reference_values(model, dataset, "mpo", pad_token_id=tok.pad_token_id,
+                                         batch_size=batch_size, pooling="unmasked_mean")
+    for i, e in enumerate(examples):
+        expected = _released_pool(model, e["dominant"])
+        assert torch.allclose(values["ref_chosen_pooled"][i].double(), expected[0], atol=1e-5)
+        assert torch.allclose(values["ref_rejected_pooled"][i].double(), expected[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["masked_mean", "unmasked_mean"])
+def test_mpo_terms_at_initialisation(setup, pooling, tmp_path):
+    tok, model, examples = setup
+    config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": pooling, "mpo_beta": 1.5,
+                                       "retain_alpha": 2.0})
+    dataset = ExampleDataset([{**e, "dominant": dict(e["dominant"])} for e in examples])
+    values = rc.compute_reference_values(model, dataset, "mpo", pad_token_id=tok.pad_token_id, pooling=pooling)
+    rc.attach_values(dataset, dataset.ids, values, "mpo")
+    batch = collate_mpo(dataset.examples, tok.pad_token_id)
+    out = compute_objective(model, batch, config, tok.pad_token_id)
+    # Policy == reference: the retention term is zero; the gap term is the formula on brute-force gaps.
+    assert out.terms["retention"] == pytest.approx(0.0, abs=1e-9)
+    targets = [e["target"] for e in examples]
+    dominants = [e["dominant"] for e in examples]
+    _, tc = brute_logps(model, targets, "chosen")
+    _, tr = brute_logps(model, targets, "rejected")
+    _, dc = brute_logps(model, dominants, "chosen")
+    _, dr = brute_logps(model, dominants, "rejected")
+    expected = sum((1.5 * (a - b) - (c - d)) ** 2 for a, b, c, d in zip(tc, tr, dc, dr)) / 2
+    assert out.terms["mpo_gap"] == pytest.approx(expected, rel=1e-4)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-4)
+    assert term_weights(config) == {"mpo_gap": 1.0, "retention": 2.0}
+    assert out.counts["zh/reward_gap/abs_diff"] == 2
+    # The retention gradient reaches the model once the policy moves.
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.1)
+    try:
+        moved = compute_objective(model, batch, config, tok.pad_token_id)
+        assert moved.terms["retention"] > 1e-6
+    finally:
+        with torch.no_grad():
+            model.model.norm.weight.div_(1.1)
