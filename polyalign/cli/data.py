@@ -1,4 +1,4 @@
-"""``polyalign data inspect|convert``: look at a data set, or convert it.
+"""``polyalign data inspect|convert|build``: look at a data set, convert it, or build one.
 
 * ``inspect PATH`` prints the detected format, record counts (by type and by language),
   prompt/response length statistics in characters (min / median / max) and every content
@@ -168,3 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
     convert.add_argument("-o", "--output", required=True, help="output file (written atomically)")
     convert.set_defaults(func=_convert)
+
+    from polyalign.cli.build import register_build
+
+    register_build(commands)

@@ -1,0 +1,395 @@
+"""Pluggable machine translators: local seq2seq models (NLLB, M2M100, Marian) and any
+OpenAI-compatible chat endpoint.
+
+Every translator has ``translate(texts, source, target) -> list[Translation]`` (one result
+per text, in order; a failure is a :class:`Translation` with ``error`` set, never an
+exception that loses the batch), a ``batch_size``, ``settings()`` (JSON-ready, no secrets)
+and ``fingerprint()`` = ``text_fingerprint(settings())``: the translation cache key part
+that says "this exact translator, these decoding settings".
+
+Seq2seq input layout (built here from token ids, so it does not depend on the tokenizer
+class; it is what the families' own tokenizers produce):
+
+=========  ===========================================  ===============================
+family     encoder input                                decoder
+=========  ===========================================  ===============================
+nllb       ``[src_code] text </s>`` (legacy tokenizers:  ``</s>`` then forced BOS
+           ``text </s> [src_code]``)                    ``tgt_code`` (e.g. ``zho_Hans``)
+m2m100     ``[__src__] text </s>``                      ``</s>`` then forced ``__tgt__``
+marian     ``text </s>`` (one model per language pair)  decoder start only, no code
+=========  ===========================================  ===============================
+
+Output ids are cut at the first ``</s>``; an output that reached ``max_new_tokens``
+without it, or whose input was cut at ``max_source_tokens``, is marked ``truncated``.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyalign.data.languages import canonical_language, language_name
+from polyalign.errors import UserError
+from polyalign.io import file_fingerprint, text_fingerprint
+
+FAMILIES = ("nllb", "m2m100", "marian")
+
+# FLORES-200 codes used by NLLB-200.
+NLLB_CODES: dict[str, str] = {
+    "en": "eng_Latn", "zh": "zho_Hans", "zh-Hant": "zho_Hant", "ja": "jpn_Jpan", "ko": "kor_Hang",
+    "ar": "arb_Arab", "bn": "ben_Beng", "sw": "swh_Latn", "ru": "rus_Cyrl", "ur": "urd_Arab",
+    "ps": "pbt_Arab", "ku": "kmr_Latn", "it": "ita_Latn", "vi": "vie_Latn", "th": "tha_Thai",
+    "jv": "jav_Latn", "de": "deu_Latn", "hi": "hin_Deva", "fr": "fra_Latn", "es": "spa_Latn",
+    "pt": "por_Latn", "nl": "nld_Latn", "pl": "pol_Latn", "sv": "swe_Latn", "cs": "ces_Latn",
+    "id": "ind_Latn", "tr": "tur_Latn", "fa": "pes_Arab", "uk": "ukr_Cyrl", "he": "heb_Hebr",
+    "el": "ell_Grek", "ta": "tam_Taml", "te": "tel_Telu", "mr": "mar_Deva", "gu": "guj_Gujr",
+    "pa": "pan_Guru", "yo": "yor_Latn", "ha": "hau_Latn", "am": "amh_Ethi", "zu": "zul_Latn",
+    "tl": "tgl_Latn", "ms": "zsm_Latn", "ro": "ron_Latn", "hu": "hun_Latn", "fi": "fin_Latn",
+    "da": "dan_Latn", "no": "nob_Latn", "ca": "cat_Latn",
+}
+
+# The M2M100 (418M / 1.2B) languages among the project's canonical codes: token ``__xx__``.
+M2M100_LANGUAGES = frozenset(
+    "en zh ja ko ar bn sw ru ur ps it vi th jv de hi fr es pt nl pl sv cs id tr fa uk he el ta mr "
+    "gu pa yo ha am zu tl ms ro hu fi da no ca".split()
+)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One translation: ``text`` (``None`` when it failed, then ``error`` says why);
+    ``truncated``: the input or the output was cut at a length limit."""
+
+    text: str | None
+    error: str | None = None
+    truncated: bool = False
+
+
+class Translator:
+    """Base class (see the module docstring)."""
+
+    name = "translator"
+    batch_size = 8
+
+    def translate(self, texts: list[str], source: str, target: str) -> list[Translation]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def fingerprint(self) -> str:
+        """``text_fingerprint(settings())``: identifies this translator's outputs in the cache."""
+        return text_fingerprint(self.settings())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings()!r})"
+
+
+def language_token(family: str, language: str, overrides: dict[str, str] | None = None) -> str | None:
+    """The language-code token a family uses for a canonical ``language`` (None for Marian).
+
+    ``overrides`` (canonical code -> token) wins; an unmapped language is a UserError.
+    """
+    language = canonical_language(language)
+    if overrides and language in overrides:
+        return overrides[language]
+    if family == "marian":
+        return None
+    if family == "nllb":
+        if language not in NLLB_CODES:
+            raise UserError(f"no NLLB code known for language {language!r}; add it under translator.language_codes",
+                            field="translator.language_codes")
+        return NLLB_CODES[language]
+    if family == "m2m100":
+        base = language.split("-")[0]
+        if base not in M2M100_LANGUAGES:
+            raise UserError(f"M2M100 does not cover language {language!r}; add a code under translator.language_codes",
+                            field="translator.language_codes")
+        return f"__{base}__"
+    raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}", field="translator.family")
+
+
+def model_identity(path: str) -> dict[str, Any]:
+    """Cheap identity of a model: file names + sizes and the config hash (local folder), or
+    the hub id. Hashing every weight byte of a 2.4 GB NLLB on each run would cost more than
+    the translations it protects."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"hub_id": path}
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    identity: dict[str, Any] = {"files": {p.name: p.stat().st_size for p in files}}
+    if (folder / "config.json").exists():
+        identity["config_sha"] = file_fingerprint(folder / "config.json")
+    return identity
+
+
+class HFSeq2SeqTranslator(Translator):
+    """A local ``transformers`` seq2seq translation model (NLLB-200, M2M100, Marian).
+
+    ``model_path``: a model folder (or cached hub id). For Marian, one model per language
+    pair: ``model_path`` may contain ``{src}`` / ``{tgt}`` placeholders (canonical codes,
+    e.g. ``/models/opus-mt-{src}-{tgt}``) and ``pair_models`` maps ``"en-zh"`` to a path
+    explicitly. Models are loaded lazily (per pair for Marian) with safetensors only and
+    ``trust_remote_code=False``. Greedy (or beam) decoding, no sampling: translations are
+    deterministic, which the cache relies on.
+    """
+
+    name = "hf_seq2seq"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        family: str = "nllb",
+        *,
+        batch_size: int = 8,
+        max_new_tokens: int = 256,
+        max_source_tokens: int = 512,
+        num_beams: int = 1,
+        language_codes: dict[str, str] | None = None,
+        pair_models: dict[str, str] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        if family not in FAMILIES:
+            raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}", field="translator.family")
+        if batch_size < 1 or max_new_tokens < 1 or max_source_tokens < 4 or num_beams < 1:
+            raise UserError("batch_size, max_new_tokens, num_beams must be >= 1 and max_source_tokens >= 4", field="translator")
+        self.model_path = str(model_path)
+        self.family = family
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_source_tokens = max_source_tokens
+        self.num_beams = num_beams
+        self.language_codes = {canonical_language(k): v for k, v in (language_codes or {}).items()}
+        self.pair_models = dict(pair_models or {})
+        self.device = device
+        self.dtype = dtype
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+        self.stats = {"generate_calls": 0, "source_truncated": 0, "output_truncated": 0, "forced_bos_missing": 0}
+
+    def path_for(self, source: str, target: str) -> str:
+        """The model folder that translates ``source`` -> ``target``."""
+        pair = f"{source}-{target}"
+        if pair in self.pair_models:
+            return self.pair_models[pair]
+        if self.family == "marian" and ("{src}" in self.model_path or "{tgt}" in self.model_path):
+            return self.model_path.format(src=source, tgt=target)
+        return self.model_path
+
+    def settings(self) -> dict[str, Any]:
+        model = {"template": self.model_path} if "{" in self.model_path else model_identity(self.model_path)
+        return {"name": self.name, "family": self.family, "model": model,
+                "pair_models": {k: model_identity(v) for k, v in sorted(self.pair_models.items())},
+                "max_new_tokens": self.max_new_tokens, "max_source_tokens": self.max_source_tokens,
+                "num_beams": self.num_beams, "language_codes": dict(sorted(self.language_codes.items()))}
+
+    def _load(self, path: str) -> tuple[Any, Any]:
+        if path in self._loaded:
+            return self._loaded[path]
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from polyalign.models import _resolve_dtype
+
+        local = Path(path)
+        if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise UserError("no such translation model folder", file=path, field="translator.model")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=_resolve_dtype(self.dtype), use_safetensors=True,
+                                                          trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load translation model: {str(exc).splitlines()[0]}", file=path,
+                            field="translator.model") from None
+        if self.device is not None:
+            model = model.to(self.device)
+        self._loaded[path] = (model.eval(), tokenizer)
+        return self._loaded[path]
+
+    def _token_id(self, tokenizer: Any, token: str, path: str) -> int:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise UserError(f"the tokenizer has no language token {token!r}", file=path, field="translator.language_codes")
+        return int(token_id)
+
+    def encode(self, tokenizer: Any, text: str, source: str, path: str) -> tuple[list[int], bool]:
+        """Encoder ids for one text (see the module table) and whether it was cut."""
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise UserError("the translation tokenizer has no eos token", file=path, field="translator.model")
+        body = tokenizer(text, add_special_tokens=False)["input_ids"]
+        code = language_token(self.family, source, self.language_codes)
+        prefix, suffix = [], [eos]
+        if code is not None:
+            lang_id = self._token_id(tokenizer, code, path)
+            if self.family == "nllb" and getattr(tokenizer, "legacy_behaviour", False):
+                suffix = [eos, lang_id]
+            else:
+                prefix = [lang_id]
+        room = self.max_source_tokens - len(prefix) - len(suffix)
+        cut = len(body) > room
+        return prefix + body[:room] + suffix, cut
+
+    def translate(self, texts: list[str], source: str, target: str) -> list[Translation]:
+        import torch
+
+        source, target = canonical_language(source), canonical_language(target)
+        path = self.path_for(source, target)
+        model, tokenizer = self._load(path)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+        eos = tokenizer.eos_token_id
+        code = language_token(self.family, target, self.language_codes)
+        forced = self._token_id(tokenizer, code, path) if code is not None else None
+        out: list[Translation] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            encoded = [self.encode(tokenizer, t, source, path) for t in chunk]
+            width = max(len(ids) for ids, _ in encoded)
+            # Right padding: the encoder is bidirectional and masked, so the side does not matter.
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (ids, _) in enumerate(encoded):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                                      "do_sample": False, "pad_token_id": pad, "eos_token_id": eos}
+            if forced is not None:
+                kwargs["forced_bos_token_id"] = forced
+            device = next(model.parameters()).device
+            with torch.inference_mode():
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+            self.stats["generate_calls"] += 1
+            for row, (_, cut) in enumerate(encoded):
+                ids = generated[row, 1:].tolist()  # drop the decoder start token
+                if forced is not None:
+                    if ids and ids[0] == forced:
+                        ids = ids[1:]
+                    else:  # cannot happen with forced_bos_token_id honoured; counted, never hidden
+                        self.stats["forced_bos_missing"] += 1
+                stop = ids.index(eos) if eos in ids else None
+                truncated = cut or stop is None
+                self.stats["source_truncated"] += int(cut)
+                self.stats["output_truncated"] += int(stop is None)
+                kept = ids if stop is None else ids[:stop]
+                kept = [i for i in kept if i != pad]
+                out.append(Translation(tokenizer.decode(kept, skip_special_tokens=True).strip(), truncated=truncated))
+        return out
+
+
+TRANSLATION_PROMPT = """Translate the following text from {source_name} into {target_name}. Translate all of it faithfully, including any offensive or harmful content, since it is used to build safety-training data. Do not add notes, explanations or refusals. Output only the translation.
+
+<<<
+{text}
+>>>"""
+
+_FENCE = re.compile(r"^\s*<<<\s*\n?(.*?)\n?\s*>>>\s*$", re.DOTALL)
+
+
+class OpenAITranslator(Translator):
+    """Translation through an OpenAI-compatible ``POST {base_url}/chat/completions``.
+
+    Uses the judges' HTTP plumbing (:mod:`polyalign.evaluation.judges.http`): retries with
+    backoff on timeouts / 429 / 5xx, errors as strings (never exceptions), the API key only
+    from the environment variable ``api_key_env`` and redacted from every message.
+    ``finish_reason == "length"`` marks a translation truncated. Requests in a batch run
+    ``retry.concurrency`` at a time.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        require_key: bool = True,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        prompt_template: str = TRANSLATION_PROMPT,
+        batch_size: int = 16,
+        retry: Any = None,
+    ) -> None:
+        from polyalign.evaluation.judges.http import CallStats, RetryPolicy, api_key_from_env
+
+        if "{text}" not in prompt_template:
+            raise UserError("the translation prompt must contain {text}", field="translator.prompt_template")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.prompt_template = prompt_template
+        self.batch_size = batch_size
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.__key = api_key_from_env(api_key_env, required=require_key)
+        self.stats = CallStats()
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.__key,) if self.__key else ()
+
+    def settings(self) -> dict[str, Any]:
+        from polyalign.evaluation.judges.http import redact
+
+        return {"name": self.name, "base_url": redact(self.base_url, self._secrets()), "model": self.model,
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "prompt_sha": text_fingerprint(self.prompt_template)}
+
+    def prompt(self, text: str, source: str, target: str) -> str:
+        return self.prompt_template.format(source_name=language_name(source), target_name=language_name(target),
+                                           source=source, target=target, text=text)
+
+    def _one(self, client: Any, text: str, source: str, target: str) -> Translation:
+        from polyalign.evaluation.judges.http import post_json, redact
+
+        headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
+        payload = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                   "messages": [{"role": "user", "content": self.prompt(text, source, target)}]}
+        data, error, _raw = post_json(client, f"{self.base_url}/chat/completions", payload, policy=self.retry,
+                                      stats=self.stats, headers=headers, secrets=self._secrets())
+        if error is not None:
+            return Translation(None, error=error)
+        try:
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            self.stats.add("errors")
+            return Translation(None, error="response JSON has no choices[0].message.content")
+        if not isinstance(content, str):
+            self.stats.add("errors")
+            return Translation(None, error="choices[0].message.content is not a string")
+        content = redact(content, self._secrets())
+        fenced = _FENCE.match(content)  # some models echo the <<< >>> fence
+        text_out = (fenced.group(1) if fenced else content).strip()
+        return Translation(text_out, truncated=choice.get("finish_reason") == "length")
+
+    def translate(self, texts: list[str], source: str, target: str) -> list[Translation]:
+        import httpx
+
+        source, target = canonical_language(source), canonical_language(target)
+        with httpx.Client() as client, ThreadPoolExecutor(max_workers=self.retry.concurrency) as pool:
+            return list(pool.map(lambda t: self._one(client, t, source, target), texts))
+
+
+def build_translator(options: dict[str, Any]) -> Translator:
+    """A translator from config options: ``{"type": "hf"|"openai", ...}`` (see the YAML recipe)."""
+    opts = dict(options)
+    kind = str(opts.pop("type", "hf")).lower()
+    try:
+        if kind in ("hf", "seq2seq", "hf_seq2seq"):
+            if "model" not in opts:
+                raise UserError("the hf translator needs 'model' (a model folder)", field="translator.model")
+            return HFSeq2SeqTranslator(opts.pop("model"), **opts)
+        if kind in ("openai", "openai_compatible"):
+            from polyalign.evaluation.judges.http import RetryPolicy
+
+            if "base_url" not in opts or "model" not in opts:
+                raise UserError("the openai translator needs 'base_url' and 'model'", field="translator")
+            if isinstance(opts.get("retry"), dict):
+                opts["retry"] = RetryPolicy(**opts["retry"])
+            return OpenAITranslator(opts.pop("base_url"), opts.pop("model"), **opts)
+    except TypeError as exc:
+        raise UserError(f"bad translator option: {exc}", field="translator") from None
+    raise UserError(f"unknown translator type {kind!r}; use hf or openai", field="translator.type")
