@@ -1,4 +1,4 @@
-"""``polyalign eval``: generate, judge and score a model on a benchmark (resumable)."""
+"""``polyalign eval``: generate, judge and score a model on a benchmark (resumable), and its utility."""
 
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def _key_values(pairs: list[str] | None, flag: str, *, typed: bool) -> dict[str,
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model on a safety/toxicity benchmark",
+        "eval", help="evaluate a model on a safety/toxicity benchmark and/or utility tasks",
         description="Generate responses on a benchmark, judge or score them, and write generations.jsonl, "
-        "judgments.jsonl, results.json and results.md to --out. Rerunning the same command resumes.",
+        "judgments.jsonl, results.json and results.md to --out. Rerunning the same command resumes. "
+        "--suite safety,utility also scores utility tasks and over-refusal on benign prompts (same model load, "
+        "same results.json).",
     )
     p.add_argument("--list-benchmarks", action="store_true", help="list the built-in benchmarks and exit")
     p.add_argument("--model", help="model folder or cached hub id")
@@ -72,6 +74,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-delay", type=float, default=0.0, help="sleep this many seconds after each generation batch (throttling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="output folder (rerun with the same folder to resume)")
+    u = p.add_argument_group("utility suite (--suite utility or safety,utility)")
+    u.add_argument("--suite", default="safety", metavar="SUITES",
+                   help="comma-separated: safety, utility (default safety; utility alone needs no --benchmark)")
+    u.add_argument("--utility-task", action="append", default=[], metavar="PATH|NAME",
+                   help="utility task: a task .yaml, a JSONL/CSV data file or a registered name (repeatable)")
+    u.add_argument("--lm-eval-tasks", type=_csv_list, default=[], metavar="A,B",
+                   help="lm-evaluation-harness tasks, e.g. mgsm_direct_bn,xnli_sw (needs polyalign[lmeval])")
+    u.add_argument("--lm-eval-include", metavar="DIR", help="folder of extra lm-eval task YAMLs")
+    u.add_argument("--utility-limit", type=int, metavar="N",
+                   help="at most N utility items (and benign prompts) per language (default: all; benign: --limit)")
+    u.add_argument("--benign-benchmark", metavar="NAME|PATH",
+                   help="benign prompts for over-refusal: a benchmark name / spec .yaml, or a JSONL/CSV with "
+                   "text and language columns")
+    u.add_argument("--benign-judge", metavar="NAME",
+                   help="judge deciding refusal on the benign prompts (default: the safety judge, else refusal)")
     p.set_defaults(func=run)
 
 
@@ -82,10 +99,13 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in list_benchmarks().items():
             print(f"{name:18s} {spec.kind:9s} {spec.description}")
         return 0
+    from polyalign.evaluation.suites import parse_suites
+
+    suites = parse_suites(args.suite)
     for flag in ("model", "benchmark", "out"):
-        if not getattr(args, flag):
-            raise UserError("required", field=f"--{flag}")
-    for flag in ("limit", "max_new_tokens", "num_samples", "batch_size", "judge_batch_size"):
+        if not getattr(args, flag) and (flag != "benchmark" or "safety" in suites):
+            raise UserError("required" + (" with --suite safety" if flag == "benchmark" else ""), field=f"--{flag}")
+    for flag in ("limit", "max_new_tokens", "num_samples", "batch_size", "judge_batch_size", "utility_limit"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"must be at least 1, got {value}", field="--" + flag.replace("_", "-"))
@@ -101,10 +121,15 @@ def run(args: argparse.Namespace) -> int:
         chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
         judge_batch_size=args.judge_batch_size, backend=args.backend, dtype=args.dtype, device=args.device,
         trust_remote_code=args.trust_remote_code, scorer_model=args.scorer_model, progress=not args.no_progress,
-        batch_delay=args.batch_delay,
+        batch_delay=args.batch_delay, suites=suites, utility_tasks=args.utility_task, lm_eval_tasks=args.lm_eval_tasks,
+        lm_eval_include=args.lm_eval_include, utility_limit=args.utility_limit, benign_benchmark=args.benign_benchmark,
+        benign_judge=args.benign_judge,
     )
-    headline = results.get("headline")
-    summary = results["metrics"].get("summary", {}).get(headline)
-    if summary:
-        print(f"{results['benchmark']['name']}: mean {headline} {summary['mean']:.4f} over {len(results['metrics']['per_language'])} language(s)")
+    summary = results["metrics"].get("summary", {})
+    n_languages = len(results["metrics"]["per_language"])
+    name = results["benchmark"]["name"] if results.get("benchmark") else "utility"
+    for metric in dict.fromkeys([results.get("headline"), "accuracy", "over_refusal"]):
+        if metric in summary:
+            print(f"{name}: mean {metric} {summary[metric]['mean']:.4f} over {summary[metric]['n_languages']} "
+                  f"of {n_languages} language(s)")
     return 0

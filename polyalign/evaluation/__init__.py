@@ -1,7 +1,8 @@
 """Evaluation: benchmark registry, generation with a resumable store, judges, metrics, the eval run.
 
 ``evaluate(model_or_path, benchmark, out_dir=...)`` runs a benchmark end to end (see
-:mod:`polyalign.evaluation.run`). Names are imported lazily so that ``import
+:mod:`polyalign.evaluation.run`); ``suites="safety,utility"`` adds utility tasks and
+over-refusal to the same ``results.json`` (see :mod:`polyalign.evaluation.suites`). Names are imported lazily so that ``import
 polyalign.evaluation`` stays cheap (no torch / transformers until used).
 """
 

@@ -105,18 +105,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The per-language table (headline columns) with mean / std / min / max rows."""
+UTILITY_COLUMNS = ("accuracy", "over_refusal", "n_utility_tasks")
+
+
+def _table(rows: dict[str, dict[str, Any]], summary: dict[str, Any], columns: list[str], first: str = "language") -> list[str]:
+    lines = ["| " + first + " | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for lang, m in rows.items():
+        lines.append(f"| {lang} ({language_name(lang)}) | " + " | ".join(_cell(m.get(c)) for c in columns) + " |")
+    for stat in ("mean", "std", "min", "max"):
+        label = f"**{stat}**" if stat == "mean" else stat
+        lines.append(f"| {label} | " + " | ".join(_cell(summary.get(c, {}).get(stat)) for c in columns) + " |")
+    return lines
+
+
+def _safety_header(results: dict[str, Any]) -> list[str]:
     bench = results["benchmark"]
-    per_language = results["metrics"]["per_language"]
-    summary = results["metrics"]["summary"]
-    wanted = TOXICITY_COLUMNS if bench["kind"] == "toxicity" else SAFETY_COLUMNS
-    columns = [c for c in wanted if any(c in m for m in per_language.values())]
     gen = results["settings"]["generation"]
     judge = results["settings"]["judge"]
-    lines = [
-        f"# {bench['name']}: {results['model']['source']}" + (f" + {results['model']['adapter']}" if results["model"].get("adapter") else ""),
-        "",
+    return [
         f"- kind: {bench['kind']}; headline: `{results.get('headline')}`; {judge['kind']}: `{judge['name']}`",
         f"- generation: {gen['num_samples']} sample(s), {gen['max_new_tokens']} new tokens, "
         + ("greedy" if not gen["temperature"] else f"temperature {gen['temperature']}, top-p {gen['top_p']}")
@@ -124,15 +130,45 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- data: {results['data']['n_prompts']} prompts from `{results['data']['path']}` ({results['data']['sha256'][:19]}…)",
         f"- run: {results['run']['generated']} generated, {results['run']['reused']} reused from the store, "
         f"{results['run']['judge_errors']} judge error(s)",
-        "",
-        "| language | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
     ]
-    for lang, m in per_language.items():
-        lines.append(f"| {lang} ({language_name(lang)}) | " + " | ".join(_cell(m.get(c)) for c in columns) + " |")
-    for stat in ("mean", "std", "min", "max"):
-        label = f"**{stat}**" if stat == "mean" else stat
-        lines.append(f"| {label} | " + " | ".join(_cell(summary.get(c, {}).get(stat)) for c in columns) + " |")
+
+
+def _utility_lines(utility: dict[str, Any]) -> list[str]:
+    """The utility section: what was run, and each task's primary metric per language."""
+    over = utility.get("over_refusal")
+    lines = ["", "## Utility", "",
+             f"- tasks: {', '.join(f'`{t}`' for t in utility['tasks']) or 'none'}"
+             + (f"; lm-eval: {', '.join(f'`{t}`' for t in utility['lm_eval']['tasks'])}" if utility.get("lm_eval") else ""),
+             "- `accuracy` = mean over the tasks of each task's `acc` (multiple choice) or `exact_match` per language"]
+    if over:
+        lines.append(f"- `over_refusal` = refusal rate on `{over['benchmark']}` (benign prompts), judge `{over['judge']['name']}`"
+                     + (f"; no benign prompts in {', '.join(over['missing_languages'])}" if over["missing_languages"] else ""))
+    columns = [f"{name}/{k}" for name, r in utility["tasks"].items() for k in ("acc", "exact_match")
+               if any(k in m for m in r["per_language"].values())]
+    if columns:
+        lines += ["", *_table(utility["per_language"], utility["summary"], columns)]
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The per-language table (headline columns) with mean / std / min / max rows.
+
+    With the utility suite: ``accuracy`` / ``over_refusal`` columns and a per-task table.
+    """
+    bench = results.get("benchmark")
+    per_language = results["metrics"]["per_language"]
+    summary = results["metrics"]["summary"]
+    wanted = (TOXICITY_COLUMNS if bench and bench["kind"] == "toxicity" else SAFETY_COLUMNS) if bench else ()
+    wanted = (*wanted, *UTILITY_COLUMNS)
+    columns = [c for c in wanted if any(c in m for m in per_language.values())]
+    model = results["model"]
+    title = bench["name"] if bench else "utility"
+    lines = [f"# {title}: {model['source']}" + (f" + {model['adapter']}" if model.get("adapter") else ""), ""]
+    if bench:
+        lines += [*_safety_header(results), ""]
+    lines += _table(per_language, summary, columns)
+    if results.get("utility"):
+        lines += _utility_lines(results["utility"])
     lines.append("")
     lines.append("std is the population standard deviation across languages; every metric is in results.json.")
     return "\n".join(lines) + "\n"

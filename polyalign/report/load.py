@@ -3,7 +3,9 @@
 Files and keys read from each run folder (anything else in the folder is ignored):
 
 - ``results.json`` (required; written by ``polyalign eval``):
-  - ``metrics.per_language``: ``{language: {metric: value}}`` (required). Every value that
+  - ``metrics.per_language``: ``{language: {metric: value}}`` (required; with
+    ``polyalign eval --suite safety,utility`` it also holds ``accuracy``, ``over_refusal``
+    and ``n_utility_tasks``, which the trade-off figures use). Every value that
     is a number (int/float, not bool) is tabulated, whatever the metric's name; ``null``
     and NaN show as undefined; other values (strings, lists, objects, booleans) are not
     tabulated and are listed in the report's notes with the languages they occur in.

@@ -12,8 +12,11 @@ every figure; legends sit outside the axes; ``bbox_inches="tight"`` keeps them i
   (and per run in the legend);
 - retrieval: top-1 accuracy per layer, one line per language (solid pivot->x, dashed
   x->pivot; with more than 6 languages one line each: the mean of both), one panel per run;
-- safety vs utility: per language and run, utility metric (x) against safety metric (y);
-  with exactly two runs, grey arrows show each language's move from the first to the second.
+- safety vs utility: per language and run, utility metric (x; ``accuracy`` when present)
+  against safety metric (y), 0..1 axes for rates; with exactly two runs, grey arrows show
+  each language's move from the first to the second;
+- trade-off panels (when a run has ``over_refusal``): per language, each run's safety metric,
+  utility metric and over-refusal as horizontal bars in three panels side by side.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def _label(code: str) -> str:
 SHORT_NAMES = {
     "unsafe_rate": "unsafe rate (attack success)", "safety_rate": "safety rate", "tox_prob": "toxicity probability",
     "emt": "expected max. toxicity", "avg_tox": "average toxicity", "accuracy": "accuracy",
+    "over_refusal": "over-refusal (benign prompts)",
 }
 
 
@@ -175,13 +179,19 @@ def reward_gap_bars(runs: list[RunData], languages: list[str], dominant: str | N
                 "reference model's gap (before training), filled bars the run's model.", _render(fig))
 
 
-def _annotate(ax, x: float, y: float, text: str, colour: str) -> None:
-    ax.annotate(text, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7.5, color=colour)
+def _unit(values: list[float]) -> bool:
+    """All values in [0, 1]: a rate, drawn on the full 0..1 axis so runs compare at a glance."""
+    return bool(values) and all(0.0 <= v <= 1.0 for v in values)
 
 
 def _scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[int, str, list[tuple[str, float, float]]]],
-             slug: str, caption: str, with_r: bool) -> Plot:
-    """``points`` = [(run index, run name, [(lang, x, y)])]; one colour and marker per run."""
+             slug: str, caption: str, with_r: bool, unit_axes: bool = False) -> Plot:
+    """``points`` = [(run index, run name, [(lang, x, y)])]; one colour and marker per run.
+
+    Markers are hollow and shrink with the run index, so runs that land on the same spot
+    stay visible as nested shapes; languages at one spot share a label ("ar, zh"): one line per
+    run in its colour, or one dark-grey line when every run there has the same languages. ``unit_axes``: both axes 0..1.
+    """
     fig = Figure(figsize=(7.2, 4.8))
     ax = fig.add_subplot(1, 1, 1)
     all_x, all_y = [], []
@@ -190,19 +200,31 @@ def _scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[int, str, 
         first = {lang: (x, y) for lang, x, y in points[0][2]}
         for _, _, pts in points[1:]:
             for lang, x, y in pts:
-                if lang in first:
+                if lang in first and (x, y) != first[lang]:
                     ax.annotate("", (x, y), xytext=first[lang], zorder=1,
-                                arrowprops={"arrowstyle": "->", "color": "#aaaaaa", "linewidth": 0.8,
-                                            "shrinkA": 4, "shrinkB": 4})
+                                arrowprops={"arrowstyle": "->", "color": "#999999", "linewidth": 0.9,
+                                            "shrinkA": 5, "shrinkB": 5})
+    spots: dict[tuple[float, float], list[tuple[int, str]]] = {}
     for index, name, pts in points:
         xs, ys = [p[1] for p in pts], [p[2] for p in pts]
         all_x += xs
         all_y += ys
         label = f"{name} ({r_text(pearson(xs, ys))})" if with_r and len(points) > 1 else name
-        ax.scatter(xs, ys, color=run_colour(index), marker=RUN_MARKERS[index % len(RUN_MARKERS)], s=36, label=label,
-                   zorder=3)
+        ax.scatter(xs, ys, facecolors="none", edgecolors=run_colour(index), linewidths=1.6,
+                   marker=RUN_MARKERS[index % len(RUN_MARKERS)], s=max(22, 90 - 22 * index), label=label, zorder=3)
         for lang, x, y in pts:
-            _annotate(ax, x, y, lang, run_colour(index))
+            spots.setdefault((round(x, 9), round(y, 9)), []).append((index, lang))
+    for (x, y), members in spots.items():
+        by_run: dict[int, list[str]] = {}
+        for index, lang in members:
+            by_run.setdefault(index, []).append(lang)
+        if len(by_run) > 1 and len({tuple(v) for v in by_run.values()}) == 1:  # every run here has the same languages
+            ax.annotate(", ".join(next(iter(by_run.values()))), (x, y), xytext=(5, 4), textcoords="offset points",
+                        fontsize=7.5, color="#333333")
+            continue
+        for k, (index, langs) in enumerate(by_run.items()):  # one line per run, in its colour
+            ax.annotate(", ".join(langs), (x, y), xytext=(5, 4 + 9 * k), textcoords="offset points", fontsize=7.5,
+                        color=run_colour(index))
     if with_r:
         pooled = ", runs pooled" if len(points) > 1 else ""
         title += f" (Pearson {r_text(pearson(all_x, all_y))}, {len(all_x)} points{pooled})"
@@ -210,9 +232,14 @@ def _scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[int, str, 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.margins(0.12)
+    if unit_axes:
+        ax.set_xlim(-0.05, 1.12)  # room on the right for the labels of points at 1.0
+        ax.set_ylim(-0.05, 1.13)  # room above 1.0 for two label lines
+    else:
+        ax.margins(0.12)
     _legend_outside(ax, title="run", fontsize=8)
-    return Plot(slug, title, caption + " Points are labelled with language codes.", _render(fig))
+    return Plot(slug, title, caption + " Points are labelled with language codes (in the run's colour; dark grey: "
+                "every run has that language at that point).", _render(fig))
 
 
 def gap_vs_safety(runs: list[RunData], metric: str) -> Plot | None:
@@ -275,8 +302,14 @@ def retrieval_lines(runs: list[RunData]) -> Plot | None:
                 f"layer; {how}.", _render(fig))
 
 
+def utility_metric(runs: list[RunData]) -> str | None:
+    """``accuracy`` (what ``polyalign eval --suite utility`` writes) when present, else the first utility metric."""
+    present = [m for run in runs for row in run.per_language.values() for m in row if is_utility(m)]
+    return "accuracy" if "accuracy" in present else next(iter(present), None)
+
+
 def safety_vs_utility(runs: list[RunData], metric: str) -> Plot | None:
-    utility = next((m for run in runs for row in run.per_language.values() for m in row if is_utility(m)), None)
+    utility = utility_metric(runs)
     if utility is None:
         return None
     points = []
@@ -289,10 +322,60 @@ def safety_vs_utility(runs: list[RunData], metric: str) -> Plot | None:
     if not points:
         return None
     title = f"{SHORT_NAMES.get(metric, metric)} vs {utility} per language".capitalize()
+    unit = _unit([v for _, _, pts in points for p in pts for v in p[1:]])
     return _scatter(title, axis_label(utility).replace("\n", " "), axis_label(metric), points, f"{metric}_vs_{utility}",
                     f"Safety ({metric}) against utility ({utility}), one point per language and run"
                     + (f"; grey arrows go from {runs[0].name} to {runs[points[1][0]].name} for the same language."
-                       if len(points) == 2 and points[0][0] == 0 else "."), with_r=False)
+                       if len(points) == 2 and points[0][0] == 0 else "."), with_r=False, unit_axes=unit)
+
+
+def tradeoff_panels(runs: list[RunData], metric: str, languages: list[str], dominant: str | None) -> Plot | None:
+    """Paired bars: one panel each for safety, utility and over-refusal; languages are rows.
+
+    Drawn when some run has ``over_refusal`` (three metrics: one scatter cannot show them).
+    """
+    if not any(v is not None for run in runs for v in run.metric("over_refusal").values()):
+        return None
+    utility = utility_metric(runs)
+    panels = [m for m in (metric, utility, "over_refusal") if m]
+    langs = [lang for lang in languages if any(lang in run.per_language for run in runs)]
+    height = 1.3 + len(langs) * (0.22 * len(runs) + 0.25)
+    fig = Figure(figsize=(3.6 * len(panels) + 1.6, max(3.2, height)))
+    axes = [fig.add_subplot(1, len(panels), k + 1) for k in range(len(panels))]
+    bar = 0.8 / len(runs)
+    for ax, name in zip(axes, panels):
+        values_all = []
+        for i, run in enumerate(runs):
+            values = run.metric(name)
+            # Row 0 (the dominant language) on top; run 0 the top bar of each group.
+            ys = [len(langs) - 1 - k + 0.4 - bar * (i + 0.5) for k in range(len(langs))]
+            have = [(y, values[lang]) for y, lang in zip(ys, langs) if values.get(lang) is not None]
+            values_all += [v for _, v in have]
+            ax.barh([y for y, _ in have], [v for _, v in have], height=bar * 0.9, color=run_colour(i))
+            for y, lang in zip(ys, langs):
+                if values.get(lang) is None:
+                    ax.text(0.01, y, "n/a", va="center", fontsize=7, color="#555555", transform=ax.get_yaxis_transform())
+            for y, v in have:
+                ax.text(v, y, f" {v:.2f}", va="center", fontsize=6.5, color="#333333")
+        ax.set_yticks(range(len(langs)))
+        ax.set_yticklabels(list(reversed([_label(lang) for lang in langs])) if ax is axes[0] else [])
+        for tick, lang in zip(ax.get_yticklabels(), reversed(langs)):
+            tick.set_fontweight("bold" if lang == dominant else "normal")
+        ax.set_ylim(-0.6, len(langs) - 0.4)
+        if _unit(values_all):
+            ax.set_xlim(0, 1.15)  # room for the value labels
+        ax.set_title(axis_label(name).replace("\n", " "), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    from matplotlib.patches import Patch
+
+    # Explicit handles: a run without bars in the last panel still gets its own colour.
+    axes[-1].legend(handles=[Patch(color=run_colour(i), label=run.name) for i, run in enumerate(runs)], title="run",
+                    loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, fontsize=8)
+    title = "Safety, utility and over-refusal per language"
+    fig.suptitle(title)
+    return Plot("tradeoff_per_language", title, f"Per language, each run's {metric} (safety), {utility or 'utility'} "
+                "and over-refusal (refusals on benign prompts) side by side; n/a: not measured.", _render(fig))
 
 
 def build_plots(runs: list[RunData], languages: list[str], dominant: str | None) -> list[Plot]:
@@ -307,4 +390,5 @@ def build_plots(runs: list[RunData], languages: list[str], dominant: str | None)
     plots.append(retrieval_lines(runs))
     if metric:
         plots.append(safety_vs_utility(runs, metric))
+        plots.append(tradeoff_panels(runs, metric, languages, dominant))
     return [p for p in plots if p is not None]

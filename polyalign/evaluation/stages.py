@@ -1,0 +1,157 @@
+"""Building blocks of an eval run: settings, model loading, judges, generate-then-judge.
+
+:func:`generate_and_judge` is the resumable unit shared by the safety benchmark and the
+benign (over-refusal) prompt set: it generates into ``<folder>/generations.jsonl`` and
+judges into ``<folder>/judgments.jsonl`` (:class:`~polyalign.evaluation.store.JsonlStore`:
+finished work is skipped on a rerun with the same settings, other settings are refused).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from polyalign.data.records import EvalPrompt
+from polyalign.errors import UserError
+from polyalign.evaluation.benchmarks import BenchmarkSpec
+from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
+from polyalign.evaluation.store import JsonlStore
+from polyalign.io import text_fingerprint
+
+GENERATIONS, JUDGMENTS = "generations.jsonl", "judgments.jsonl"
+
+
+def log(message: str) -> None:
+    print(f"polyalign eval: {message}", file=sys.stderr, flush=True)
+
+
+def generation_settings(spec: BenchmarkSpec, seed: int = 0, **overrides: Any) -> GenerationSettings:
+    """The benchmark's protocol defaults with the non-``None`` overrides applied."""
+    values = {**spec.generation, **{k: v for k, v in overrides.items() if v is not None}, "seed": seed}
+    try:
+        return GenerationSettings(**values).validate()
+    except TypeError as exc:
+        raise UserError(f"unknown generation setting: {exc}", field="generation") from None
+
+
+def load_model(model_or_path: Any, tokenizer: Any, adapter: str | Path | None, *, dtype: Any, device: Any,
+               trust_remote_code: bool) -> tuple[Any, Any, str | None]:
+    """``(model in eval mode, tokenizer, source path or None)``; the adapter (PEFT) applied."""
+    source = None
+    if isinstance(model_or_path, (str, Path)):
+        from polyalign.models import load_model_and_tokenizer
+
+        source = str(model_or_path)
+        model, loaded_tok = load_model_and_tokenizer(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        tokenizer = tokenizer if tokenizer is not None else loaded_tok
+    else:
+        model = model_or_path
+        if tokenizer is None:
+            raise UserError("an in-memory model needs its tokenizer (tokenizer=...)", field="tokenizer")
+        if device is not None:
+            model = model.to(device)
+    if adapter is not None:
+        if not Path(adapter).is_dir():
+            raise UserError("no such adapter folder", file=adapter, field="adapter")
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load adapter: {str(exc).splitlines()[0]}", file=adapter, field="adapter") from None
+    model.eval()
+    return model, tokenizer, source
+
+
+def build_judge(kind: str, name: str, options: dict[str, Any]) -> Any:
+    """A toxicity scorer (``kind == "toxicity"``) or a safety judge, by name."""
+    from polyalign.evaluation.judges import get_judge, get_scorer
+
+    return get_scorer(name, **options) if kind == "toxicity" else get_judge(name, **options)
+
+
+def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
+                store: JsonlStore, *, batch_size: int, progress: bool) -> dict[str, int]:
+    """Judge (safety) or score (toxicity) every generation not yet in ``store``."""
+    from tqdm import tqdm
+
+    from polyalign.evaluation.judges import JudgeInput
+
+    by_id = {p.id: p for p in prompts}
+    pending = [g for g in generations if (g["id"], g["sample"]) not in store]
+    errors = 0
+    bar = tqdm(total=len(generations), initial=len(generations) - len(pending), desc="judging" if kind == "safety" else "scoring",
+               unit="item", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            if kind == "toxicity":
+                scores = worker.score([g["text"] for g in chunk], [g["language"] for g in chunk])
+                rows = [{"id": g["id"], "sample": g["sample"], "language": g["language"], "score": s, "scorer": worker.name}
+                        for g, s in zip(chunk, scores, strict=True)]
+                good = [r for r in rows if r["score"] is not None]
+            else:
+                inputs = [JudgeInput(prompt=by_id[g["id"]].text, response=g["text"], language=g["language"], id=f"{g['id']}#{g['sample']}")
+                          for g in chunk]
+                judgments = worker.judge(inputs)
+                rows = [{"id": g["id"], "sample": g["sample"], "language": g["language"], **j.to_dict()}
+                        for g, j in zip(chunk, judgments, strict=True)]
+                good = [r for r in rows if r.get("label") != "error"]
+            errors += len(rows) - len(good)
+            store.append(good)  # failures are not stored: the next run retries them
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return {"judged": len(pending) - errors, "judge_reused": len(generations) - len(pending), "judge_errors": errors}
+
+
+def generate_and_judge(
+    *,
+    kind: str,
+    name: str,
+    prompts: Sequence[EvalPrompt],
+    settings: GenerationSettings,
+    generator: Any,
+    tokenizer: Any,
+    model_identity: Any,
+    backend: str,
+    worker: Any,
+    folder: Path,
+    run_id: str,
+    judge_batch_size: int,
+    progress: bool,
+    batch_delay: float = 0.0,
+) -> dict[str, Any]:
+    """Generate for ``prompts`` and judge the generations, both resumably, under ``folder``.
+
+    Returns ``{"generations": [row per (id, sample)], "judgments": {(id, sample): row},
+    "fingerprint": <generation settings fingerprint>, "stats": {generated, reused, judged,
+    judge_reused, judge_errors, recovered_torn_lines}}``.
+    """
+    gen_settings = {"benchmark": name, "generation": settings.to_dict(), "backend": backend, "model": model_identity}
+    gen_fp = text_fingerprint(gen_settings)
+    tasks = make_tasks(tokenizer, prompts, settings)
+    n_languages = len({p.language for p in prompts})
+    log(f"{name}: {len(prompts)} prompts x {settings.num_samples} sample(s) in {n_languages} language(s) -> {folder}")
+    with JsonlStore(folder / GENERATIONS, kind="generations", fingerprint=gen_fp, settings=gen_settings, run_id=run_id) as gen_store:
+        gen_stats = run_generation(generator, tasks, gen_store, progress=progress, batch_delay=batch_delay)
+        generations = [gen_store.get(t.key) for t in tasks]
+        gen_torn = gen_store.recovered_torn_lines
+    log(f"generated {gen_stats['generated']} new, reused {gen_stats['reused']} from the store (run {run_id})")
+
+    # The judge's own settings() (never secrets) identify its verdicts.
+    judge_settings = {"generations": gen_fp, "kind": kind, "judge": worker.settings()}
+    hint = (f"to judge the same generations differently, copy {GENERATIONS} into a new --out folder and rerun there "
+            "(generation is then skipped)")
+    with JsonlStore(folder / JUDGMENTS, kind="judgments", fingerprint=text_fingerprint(judge_settings), settings=judge_settings,
+                    run_id=run_id, hint=hint) as judge_store:
+        judge_stats = judge_stage(kind, worker, prompts, generations, judge_store, batch_size=judge_batch_size,
+                                  progress=progress)
+        judgments = {(r["id"], r["sample"]): r for r in judge_store.records()}
+        judge_torn = judge_store.recovered_torn_lines
+    if judge_stats["judge_errors"]:
+        log(f"{judge_stats['judge_errors']} item(s) could not be judged (counted as n_error; rerun to retry)")
+    return {"generations": generations, "judgments": judgments, "fingerprint": gen_fp,
+            "stats": {**gen_stats, **judge_stats, "recovered_torn_lines": gen_torn + judge_torn}}
