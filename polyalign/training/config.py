@@ -65,6 +65,16 @@ class PolyalignConfig(TrainingArguments):
     retain_alpha: float = 1.0
     retain_pooling: str = field(default="masked_mean", metadata={"help": "masked_mean | unmasked_mean"})
     logps_chunk_size: int = 1024
+    # MLC (multilingual consistency) term, for every method; released values in recipes/dpo_mlc_*.yaml.
+    mlc_weight: float = field(default=0.0, metadata={"help": "weight of the MLC term; 0 = off (released 0.8)"})
+    mlc_tau: float = field(default=0.2, metadata={"help": "MLC temperature"})
+    mlc_every: int = field(default=2, metadata={"help": "add the MLC term on every n-th optimiser step"})
+    mlc_layer: int = field(default=-1, metadata={"help": "hidden state read by the extractor (HF index; -1 = last)"})
+    mlc_dim: int = field(default=512, metadata={"help": "extractor output dimension"})
+    mlc_scale: str = field(default="released", metadata={"help": "released | paper"})
+    mlc_languages: Any = field(default=None, metadata={"help": "variant languages (list); default: all present"})
+    variants_file: str | None = field(default=None, metadata={"help": "prompt variants joined to the data by id"})
+    variants_format: str | None = None
     # Reference cache.
     reference_cache_dir: str | None = field(default=None, metadata={"help": "default: ~/.cache/polyalign/reference"})
     # LoRA / QLoRA.
@@ -94,9 +104,48 @@ class PolyalignConfig(TrainingArguments):
         TokenizeSettings(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
                          truncation_mode=self.truncation_mode, on_overlong=self.on_overlong,
                          prefix_mismatch=self.prefix_mismatch, chat_template=self.chat_template)
+        self._check_mlc()
         if self.remove_unused_columns:
             raise UserError("polyalign batches need remove_unused_columns: false", field="remove_unused_columns")
         super().__post_init__()
+
+    def _check_mlc(self) -> None:
+        import math
+
+        from polyalign.losses.mlc import MLC_SCALES
+
+        if isinstance(self.mlc_weight, bool) or not (isinstance(self.mlc_weight, (int, float))
+                                                     and math.isfinite(self.mlc_weight) and self.mlc_weight >= 0):
+            raise UserError(f"must be a finite number >= 0, got {self.mlc_weight!r}", field="mlc_weight")
+        if not (isinstance(self.mlc_tau, (int, float)) and self.mlc_tau > 0):
+            raise UserError(f"must be > 0, got {self.mlc_tau!r}", field="mlc_tau")
+        for name in ("mlc_every", "mlc_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"must be an integer >= 1, got {value!r}", field=name)
+        if isinstance(self.mlc_layer, bool) or not isinstance(self.mlc_layer, int):
+            raise UserError(f"must be an integer, got {self.mlc_layer!r}", field="mlc_layer")
+        if self.mlc_scale not in MLC_SCALES:
+            raise UserError(f"must be one of {list(MLC_SCALES)}, got {self.mlc_scale!r}", field="mlc_scale")
+        if self.mlc_languages is not None:
+            if isinstance(self.mlc_languages, str):
+                self.mlc_languages = [c.strip() for c in self.mlc_languages.split(",") if c.strip()]
+            if not isinstance(self.mlc_languages, (list, tuple)) or len(self.mlc_languages) < 2 or not all(
+                    isinstance(c, str) for c in self.mlc_languages):
+                raise UserError(f"must list at least 2 language codes, got {self.mlc_languages!r}",
+                                field="mlc_languages")
+            self.mlc_languages = list(self.mlc_languages)
+        if self.mlc_enabled and self.load_best_model_at_end:
+            # The stock best-model reload does not know the policy + extractor wrapper.
+            raise UserError("load_best_model_at_end is not supported with the MLC term; pick a checkpoint-N "
+                            "folder instead", field="load_best_model_at_end")
+        if self.variants_file and not self.mlc_enabled:
+            raise UserError("variants_file is only used by the MLC term: set mlc_weight > 0", field="variants_file")
+
+    @property
+    def mlc_enabled(self) -> bool:
+        """The MLC term is on (``mlc_weight > 0``)."""
+        return float(self.mlc_weight) > 0
 
     @property
     def resolved_nll_weight(self) -> float:

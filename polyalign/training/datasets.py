@@ -74,6 +74,7 @@ class DataReport:
     read_skipped: Counter = field(default_factory=Counter)
     limited_to: int | None = None
     tokenize: TokenizeStats = field(default_factory=TokenizeStats)
+    variants: Any = None  # a polyalign.data.variants.VariantReport when the MLC term is on
 
     def summary(self) -> str:
         text = f"{self.path}: {self.records} records ({self.format})"
@@ -81,12 +82,16 @@ class DataReport:
             text += f", reader skipped {sum(self.read_skipped.values())} ({dict(self.read_skipped)})"
         if self.limited_to is not None:
             text += f", limited to the first {self.limited_to}"
-        return text + "; tokenisation: " + self.tokenize.summary()
+        text += "; tokenisation: " + self.tokenize.summary()
+        if self.variants is not None:
+            text += "; MLC variants: " + self.variants.summary()
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "format": self.format, "records": self.records,
                 "read_skipped": dict(self.read_skipped), "limited_to": self.limited_to,
-                "tokenize": self.tokenize.to_dict()}
+                "tokenize": self.tokenize.to_dict(),
+                "variants": self.variants.to_dict() if self.variants is not None else None}
 
 
 def check_parallel_pairs(records: list[ParallelPair], dominant_language: str, path: str | Path) -> None:
@@ -135,14 +140,23 @@ def load_training_data(
     if config.method == "mpo":
         check_parallel_pairs(records, config.dominant_language, path)
     settings = tokenize_settings(config)
+    mlc = bool(getattr(config, "mlc_enabled", False))
+    if mlc:
+        # Prompt variants for the MLC term; every record is kept (missing languages masked, counted).
+        from polyalign.training.mlc_policy import attach_mlc_variants
+
+        variants, report.variants = attach_mlc_variants(records, config, str(path))
+    else:
+        variants = [None] * len(records)
     examples = []
-    for record in records:
+    for record, record_variants in zip(records, variants):
         if isinstance(record, ParallelPair):
             example = tokenize_parallel_pair(record, tokenizer, settings, report.tokenize)
         else:
             example = tokenize_pair(record, tokenizer, settings, report.tokenize)
-            if example is not None and record.variants is not None:
-                example["variant_input_ids"] = tokenize_variants(record.variants, tokenizer, settings)
+        if example is not None and mlc:
+            example["variant_input_ids"] = (tokenize_variants(record_variants, tokenizer, settings)
+                                            if record_variants is not None else {})
         if example is not None:
             examples.append(example)
     if report.read_skipped or report.tokenize.skipped:

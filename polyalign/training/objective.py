@@ -21,6 +21,16 @@ One policy forward per step: chosen and rejected rows are already one ``[2B, T]`
 MPO the dominant pair's rows are appended to the target pair's rows and have an all-zero
 response mask, so they are never projected through the LM head (their hidden states feed the
 retention term only).
+
+MLC (any method, ``mlc_weight > 0``): the term ``mlc`` (weight ``mlc_weight``) is
+:func:`polyalign.training.mlc.mlc_term` on the prompt-variant rows, which are appended to the
+method's rows (:func:`~polyalign.training.mlc.append_rows`) so the decoder still runs once;
+they too have an all-zero response mask. It is computed when ``apply_mlc`` (the trainer passes
+``should_apply(global_step, mlc_every)`` in training, True in evaluation); on other steps the
+variant rows are not forwarded at all (saves their compute) and the extractor gets a zero
+gradient (see :mod:`polyalign.training.mlc_policy`). Logged on the steps that compute it, as
+means over those steps: ``mlc/loss`` (unweighted), ``mlc/rank1_share``, ``mlc/mean_cosine``,
+``mlc/present_share``.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from polyalign.losses import (
     sequence_logps,
     simpo_loss,
 )
+from polyalign.training.mlc import MLCResult, append_rows, mlc_term
+from polyalign.training.mlc_policy import unwrap_policy
 from polyalign.training.reference_cache import retention_pool_mask
 
 _SEQ_KEYS = ("input_ids", "attention_mask", "response_mask")
@@ -68,13 +80,16 @@ class ObjectiveOutput:
 def term_weights(config: Any) -> dict[str, float]:
     """Named terms of the method and their weights (terms with weight 0 are still logged)."""
     nll = config.resolved_nll_weight
-    return {
+    weights = {
         "dpo": {"dpo": 1.0, "nll": nll},
         "simpo": {"simpo": 1.0, "nll": nll},
         "orpo": {"orpo": 1.0, "nll": nll},
         "sft": {"nll": nll},
         "mpo": {"mpo_gap": 1.0, "retention": float(config.retain_alpha)},
     }[config.method]
+    if getattr(config, "mlc_enabled", False):
+        weights["mlc"] = float(config.mlc_weight)
+    return weights
 
 
 def policy_logps(
@@ -89,17 +104,74 @@ def policy_logps(
     ``logits_to_keep=1`` (one position's logits, negligible) and ``output_hidden_states`` and the
     response tokens are scored from the last hidden state with the unwrapped LM head.
     """
+    return policy_forward(model, input_ids, attention_mask, response_mask, chunk_size=chunk_size)[:4]
+
+
+def policy_forward(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+    *, chunk_size: int = 1024, hidden_layer: int = -1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`policy_logps` plus ``hidden_states[hidden_layer]`` (HF indexing; -1 = the last
+    hidden state after the final norm) of all rows: ``[N, T, H]``, from the same forward."""
     inner = getattr(model, "module", None)
     if inner is None or not hasattr(inner, "get_output_embeddings"):
-        return model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=chunk_size)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
-                use_cache=False)
-    hidden = out.hidden_states[-1]  # == last_hidden_state (after the final norm) in transformers 5
-    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
-    total, avg, n = sequence_logps(hidden, inner.get_output_embeddings(), input_ids, response_mask,
-                                   chunk_size=chunk_size,
+        if hidden_layer == -1:
+            total, avg, n, hidden = model_sequence_logps(model, input_ids, attention_mask, response_mask,
+                                                         chunk_size=chunk_size)
+            return total, avg, n, hidden, hidden
+        from polyalign.losses.logprobs import _unsupported_logit_scaling
+
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        scaling = _unsupported_logit_scaling(config)
+        if scaling is not None:
+            from polyalign.errors import UserError
+
+            raise UserError(f"models with a logit scaling ({scaling}) are not supported", field=scaling)
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        states = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                         output_hidden_states=True)
+        hidden, head = states.last_hidden_state, model.get_output_embeddings()
+        layer_hidden = states.hidden_states[hidden_layer]
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
+                    use_cache=False)
+        hidden = out.hidden_states[-1]  # == last_hidden_state (after the final norm) in transformers 5
+        layer_hidden = out.hidden_states[hidden_layer]
+        config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+        head = inner.get_output_embeddings()
+    total, avg, n = sequence_logps(hidden, head, input_ids, response_mask, chunk_size=chunk_size,
                                    logit_softcap=getattr(config, "final_logit_softcapping", None))
-    return total, avg, n, hidden
+    return total, avg, n, hidden, layer_hidden
+
+
+def _with_variants(
+    seq: list[torch.Tensor], batch: dict[str, Any], pad_token_id: int
+) -> list[torch.Tensor]:
+    """Append the variant rows to ``[input_ids, attention_mask, response_mask]`` (all-zero
+    response mask: the LM head never projects them)."""
+    ids, mask = append_rows(seq[0], seq[1], batch["variant_input_ids"].to(seq[0].device),
+                            batch["variant_attention_mask"].to(seq[1].device), pad_token_id)
+    response = torch.zeros_like(ids, dtype=seq[2].dtype)
+    response[: seq[2].shape[0], : seq[2].shape[1]] = seq[2]
+    return [ids, mask, response]
+
+
+def _mlc_wanted(batch: dict[str, Any], extractor: Any, apply_mlc: bool) -> bool:
+    return (extractor is not None and apply_mlc and "variant_input_ids" in batch
+            and batch["variant_input_ids"].shape[0] > 0)
+
+
+def _mlc(layer_hidden: torch.Tensor, mask: torch.Tensor, rows: int, batch: dict[str, Any], extractor: Any,
+         config: Any) -> MLCResult:
+    """The MLC term on the variant rows ``rows:`` of the joint forward."""
+    return mlc_term(layer_hidden[rows:], mask[rows:], batch["variant_index"].to(layer_hidden.device), extractor,
+                    tau=float(config.mlc_tau), scale=config.mlc_scale)
+
+
+def _zero_extractor_grad(extractor: torch.nn.Module) -> torch.Tensor:
+    """``0 * sum(params)``: a zero gradient for the extractor on steps without the MLC term, so
+    every DDP process produces the same set of gradients."""
+    return sum(p.sum() for p in extractor.parameters()) * 0.0
 
 
 def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -116,8 +188,13 @@ def _reward_metrics(out: ObjectiveOutput, chosen: torch.Tensor, rejected: torch.
     out.add("rewards/accuracy", (chosen > rejected).float(), langs)
 
 
-def compute_objective(model: torch.nn.Module, batch: dict[str, Any], config: Any, pad_token_id: int) -> ObjectiveOutput:
-    """Run the policy once on ``batch`` and combine the method's terms (see module docstring)."""
+def compute_objective(model: torch.nn.Module, batch: dict[str, Any], config: Any, pad_token_id: int,
+                      *, apply_mlc: bool = True) -> ObjectiveOutput:
+    """Run the policy once on ``batch`` and combine the method's terms (see module docstring).
+
+    ``model``: the policy, a :class:`~polyalign.training.mlc_policy.PolicyWithExtractor` (MLC)
+    or a distributed wrapper of either. ``apply_mlc``: whether this step carries the MLC term.
+    """
     weights = term_weights(config)
     chunk = config.logps_chunk_size
     ref_batch = batch["dominant"] if config.method == "mpo" else batch
@@ -126,11 +203,24 @@ def compute_objective(model: torch.nn.Module, batch: dict[str, Any], config: Any
     if missing:
         raise RuntimeError(f"{config.method} batches need cached reference values {missing}: attach them with "
                            "polyalign.training.reference_cache.prepare_reference (run.train does)")
+    model, extractor = unwrap_policy(model)
+    if extractor is None and "mlc" in weights:
+        raise RuntimeError("mlc_weight > 0 needs the policy wrapped with its extractor "
+                           "(polyalign.training.mlc_policy.wrap_policy; run.train does)")
+    with_mlc = _mlc_wanted(batch, extractor, apply_mlc)
     if config.method == "mpo":
-        return _mpo(model, batch, config, weights, pad_token_id)
-    total, avg, n_tokens, _ = policy_logps(model, *(batch[k] for k in _SEQ_KEYS), chunk_size=chunk)
-    langs = list(batch["languages"])
+        return _mpo(model, batch, config, weights, pad_token_id, extractor, with_mlc)
+    seq = [batch[k] for k in _SEQ_KEYS]
+    rows = seq[0].shape[0]
+    if with_mlc:
+        seq = _with_variants(seq, batch, pad_token_id)
+    total, avg, n_tokens, _, layer_hidden = policy_forward(
+        model, *seq, chunk_size=chunk, hidden_layer=extractor.layer if with_mlc else -1)
     terms: dict[str, torch.Tensor] = {}
+    if with_mlc:
+        mlc = _mlc(layer_hidden, seq[1], rows, batch, extractor, config)
+    total, avg, n_tokens = total[:rows], avg[:rows], n_tokens[:rows]
+    langs = list(batch["languages"])
     if config.method == "sft":
         per_example = nll_loss(avg)
         terms["nll"] = per_example.mean()
@@ -152,7 +242,7 @@ def compute_objective(model: torch.nn.Module, batch: dict[str, Any], config: Any
         out = ObjectiveOutput(loss=torch.zeros((), device=avg.device))
         out.add("loss", per_example, langs, overall=False)
         _reward_metrics(out, chosen_r, rejected_r, langs)
-    return _combine(out, terms, weights)
+    return _finish(out, terms, weights, extractor, mlc if with_mlc else None)
 
 
 def _combine(out: ObjectiveOutput, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> ObjectiveOutput:
@@ -165,8 +255,27 @@ def _combine(out: ObjectiveOutput, terms: dict[str, torch.Tensor], weights: dict
     return out
 
 
+def _finish(out: ObjectiveOutput, terms: dict[str, torch.Tensor], weights: dict[str, float], extractor: Any,
+            mlc: MLCResult | None) -> ObjectiveOutput:
+    """``_combine`` plus the MLC term: weighted into the loss when computed, its metrics stored as
+    per-step means (``mlc/...``, counted only on the steps that compute them); otherwise a zero
+    extractor gradient."""
+    if mlc is not None:
+        terms["mlc"] = mlc.loss
+    out = _combine(out, terms, weights)
+    if mlc is not None:
+        del out.terms["mlc"]
+        for key, value in mlc.metrics().items():
+            if value == value:  # NaN: no example with two languages in this batch
+                out.sums[key] += value
+                out.counts[key] += 1
+    elif extractor is not None:
+        out.loss = out.loss + _zero_extractor_grad(extractor).to(out.loss.dtype)
+    return out
+
+
 def _mpo(model: torch.nn.Module, batch: dict[str, Any], config: Any, weights: dict[str, float],
-         pad_token_id: int) -> ObjectiveOutput:
+         pad_token_id: int, extractor: Any = None, with_mlc: bool = False) -> ObjectiveOutput:
     target, dominant = batch["target"], batch["dominant"]
     width = max(target["input_ids"].shape[1], dominant["input_ids"].shape[1])
     pads = {"input_ids": pad_token_id, "attention_mask": 0, "response_mask": 0}
@@ -176,14 +285,19 @@ def _mpo(model: torch.nn.Module, batch: dict[str, Any], config: Any, weights: di
                    _pad_to(torch.zeros_like(dominant[k]) if k == "response_mask" else dominant[k], width, pads[k])])
         for k in _SEQ_KEYS
     ]
-    _, avg, _, hidden = policy_logps(model, *joined, chunk_size=config.logps_chunk_size)
+    pair_rows = joined[0].shape[0]
+    if with_mlc:  # target pair + dominant pair + variants: still one forward
+        joined = _with_variants(joined, batch, pad_token_id)
+    _, avg, _, hidden, layer_hidden = policy_forward(model, *joined, chunk_size=config.logps_chunk_size,
+                                                     hidden_layer=extractor.layer if with_mlc else -1)
+    mlc = _mlc(layer_hidden, joined[1], pair_rows, batch, extractor, config) if with_mlc else None
     rows = target["input_ids"].shape[0]
     b = rows // 2
     langs = list(target["languages"])
     dc = dominant["ref_avg_logps"][:b].to(avg.device)
     dr = dominant["ref_avg_logps"][b:].to(avg.device)
     per_example = mpo_loss(avg[:b], avg[b:rows], dc, dr, beta=config.mpo_beta)
-    dom_hidden = hidden[rows:, : dominant["input_ids"].shape[1]]
+    dom_hidden = hidden[rows:pair_rows, : dominant["input_ids"].shape[1]]
     pool_mask = retention_pool_mask({"attention_mask": dominant["attention_mask"].to(hidden.device)},
                                     config.retain_pooling)
     retention = retention_loss(dom_hidden, dominant["ref_pooled"].to(hidden.device), pool_mask, pooling="masked_mean")
@@ -195,4 +309,4 @@ def _mpo(model: torch.nn.Module, batch: dict[str, Any], config: Any, weights: di
     out.add("reward_gap/dominant", gap_d, langs)
     out.add("reward_gap/abs_diff", (config.mpo_beta * gap_t - gap_d).abs(), langs)
     out.add("rewards/accuracy", (gap_t > 0).float(), langs)
-    return _combine(out, {"mpo_gap": per_example.mean(), "retention": retention}, weights)
+    return _finish(out, {"mpo_gap": per_example.mean(), "retention": retention}, weights, extractor, mlc)

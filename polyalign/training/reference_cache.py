@@ -21,6 +21,7 @@ tests can check that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, text_fingerprint
 from polyalign.losses import model_sequence_logps, pool_hidden
 
@@ -143,10 +145,16 @@ def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], inf
     """Write the cache file atomically (temp name, then rename) plus a JSON description."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"ids": json.dumps(ids)})
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"ids": json.dumps(ids)})
+        os.replace(tmp, path)
+    except OSError as exc:  # read-only or full disk: one clear line, no half-written file left
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"cannot write the reference cache: {exc.strerror or exc}", file=path,
+                        field="reference_cache_dir") from None
     atomic_write_json(path.with_suffix(".json"), info)
 
 

@@ -6,6 +6,10 @@ is complete or absent):
 - the model (``model.safetensors`` + config) or, with LoRA, the adapters
   (``adapter_model.safetensors`` + ``adapter_config.json``, loadable with PEFT);
 - the tokenizer (with its chat template);
+- with MLC (``mlc_weight > 0``): ``mlc_extractor/`` (``model.safetensors`` + ``config.json``,
+  load with :meth:`polyalign.training.extractor.MLCExtractor.load`), never inside the model's
+  weights; ``run_info.json`` then also holds ``mlc`` (settings and the variant report: missing
+  languages per language, examples with fewer than two);
 - ``polyalign_config.yaml``: the resolved configuration;
 - ``run_info.json``: data fingerprints (:func:`polyalign.io.file_fingerprint`), what data was
   skipped and why, the reference-cache status and the final metrics.
@@ -145,6 +149,10 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
 
     if not config.train_file:
         raise UserError("train_file is required", field="train_file")
+    from polyalign.training.distributed import apply_ddp_defaults, ensure_output_dir
+
+    ensure_output_dir(config.output_dir)  # fail before loading anything when it is not writable
+    apply_ddp_defaults(config)
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
     train_ds, train_report = load_training_data(config, tokenizer, config.train_file, config.train_format,
@@ -156,11 +164,20 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
         datasets["eval"], reports["eval"] = eval_ds, eval_report
     reference = _attach_reference(config, model, tokenizer, datasets, reports)
     eval_dataset = datasets["eval"].by_language() if "eval" in datasets else None
+    collator: Any = Collator(config.method, tokenizer.pad_token_id)
+    if config.mlc_enabled:
+        model, collator = _mlc_setup(config, model, collator, tokenizer, reports)
     trainer = PolyalignTrainer(
         model=model, args=config, train_dataset=train_ds, eval_dataset=eval_dataset,
-        data_collator=Collator(config.method, tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=collator, processing_class=tokenizer,
     )
-    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    from polyalign.training import callbacks, distributed
+
+    resume = distributed.resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except callbacks.NonFiniteLossError as exc:
+        raise callbacks.save_nonfinite_state(trainer, config.output_dir, exc) from None
     metrics: dict[str, Any] = dict(result.metrics)
     if eval_dataset:
         for lang, dataset in eval_dataset.items():
@@ -173,8 +190,34 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
         "metrics": metrics,
         "log_history": trainer.state.log_history,
     }
+    run_info["resumed_from"] = resume
+    if config.mlc_enabled:
+        run_info["mlc"] = _mlc_info(config, reports)
     run_info["saved_to"] = str(save_run(trainer, config, run_info))
+    distributed.write_rank_report(config.output_dir, run_info)
     return run_info
+
+
+def _mlc_setup(config: PolyalignConfig, model: Any, collator: Any, tokenizer: Any,
+               reports: dict[str, Any]) -> tuple[Any, Any]:
+    """The policy wrapped with a fresh MLC extractor (trained, synced and checkpointed with it;
+    saved beside it) and a collator adding the prompt-variant batch (train languages first)."""
+    from polyalign.training.mlc_policy import MLCCollator, wrap_policy
+
+    languages: list[str] = []
+    for report in reports.values():
+        languages += [lang for lang in report.variants.languages if lang not in languages]
+    for name, report in reports.items():
+        log.info("MLC variants (%s): %s", name, report.variants.summary())
+    return wrap_policy(model, config), MLCCollator(collator, tokenizer.pad_token_id, languages)
+
+
+def _mlc_info(config: PolyalignConfig, reports: dict[str, Any]) -> dict[str, Any]:
+    """Settings and per-dataset variant reports of the MLC term, for ``run_info.json``."""
+    settings = {k: getattr(config, k) for k in ("mlc_weight", "mlc_tau", "mlc_every", "mlc_layer", "mlc_dim",
+                                                "mlc_scale", "mlc_languages", "variants_file", "variants_format")}
+    return {"settings": settings, "extractor_dir": "mlc_extractor",
+            "variants": {name: report.variants.to_dict() for name, report in reports.items()}}
 
 
 def save_run(trainer: Any, config: PolyalignConfig, run_info: dict[str, Any]) -> Path:

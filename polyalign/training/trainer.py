@@ -9,11 +9,17 @@ checkpointing, resume, logging integrations) is the stock Trainer. What changes:
   ``zh/rewards/margins`` ...; eval: the same with the evaluation prefix, e.g. ``eval_zh_...``
   when ``eval_dataset`` is a dict of per-language datasets), gathered over processes;
 - :meth:`prediction_step` returns the objective's loss only (no logits are gathered);
-- ``train_sampling_strategy: group_by_length`` uses the examples' own lengths.
+- ``train_sampling_strategy: group_by_length`` uses the examples' own lengths;
+- MLC (``mlc_weight > 0``): the model is a
+  :class:`~polyalign.training.mlc_policy.PolicyWithExtractor`; :meth:`compute_loss` passes
+  ``apply_mlc = should_apply(global_step, mlc_every)`` (always in evaluation), :meth:`_save`
+  writes the inner model as usual (``save_pretrained``: full weights or PEFT adapters) and the
+  extractor to ``mlc_extractor/`` beside it, and :meth:`_load_from_checkpoint` restores both.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -21,7 +27,12 @@ import torch
 from transformers import Trainer
 
 from polyalign.data.collate import LengthGroupedSampler
+from polyalign.training.callbacks import check_finite_loss
+from polyalign.training.mlc import should_apply
+from polyalign.training.mlc_policy import PolicyWithExtractor, extractor_from_state, split_state_dict
 from polyalign.training.objective import compute_objective
+
+logger = logging.getLogger("polyalign.training")
 
 
 class PolyalignTrainer(Trainer):
@@ -49,7 +60,10 @@ class PolyalignTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         """The weighted sum of the method's terms on this batch (see :mod:`polyalign.training.objective`)."""
-        out = compute_objective(model, inputs, self.args, self.pad_token_id)
+        apply_mlc = not model.training or should_apply(self.state.global_step, int(self.args.mlc_every))
+        out = compute_objective(model, inputs, self.args, self.pad_token_id, apply_mlc=apply_mlc)
+        if model.training:  # stop at a NaN/inf loss, naming the step and examples
+            check_finite_loss(self, out.loss, inputs)
         store = self._stored["train" if model.training else "eval"]
         for key, value in out.sums.items():
             store["sums"][key] += value
@@ -103,6 +117,46 @@ class PolyalignTrainer(Trainer):
                 logs[f"{prefix}{key}"] = value / max(1, store["counts"][key])
         self._reset(mode)
         super().log(logs, start_time)
+
+    # -- MLC: the policy + extractor wrapper is saved as the policy, the extractor beside it ----------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(wrapper, PolicyWithExtractor):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # A gathered state dict (ZeRO-3 / FSDP) carries both parts; else read the live modules.
+        policy_state, extractor_state = (split_state_dict(state_dict) if state_dict
+                                         else (None, wrapper.mlc_extractor.state_dict()))
+        model = self.model
+        self.model = wrapper.policy  # the stock _save then calls the policy's save_pretrained
+        try:
+            super()._save(output_dir, policy_state)
+        finally:
+            self.model = model
+        if state_dict is not None and not state_dict:
+            # DeepSpeed ZeRO-3 without gathered 16-bit weights: the Trainer writes a dummy here and
+            # then a DeepSpeed checkpoint, which holds the extractor's partitions too.
+            logger.warning("MLC extractor not written to %s: it is in the DeepSpeed checkpoint (zero_to_fp32.py)",
+                           output_dir)
+        elif self.args.should_save:
+            extractor_from_state(wrapper.mlc_extractor, extractor_state).save(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        if not isinstance(target, PolicyWithExtractor):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, target.policy)
+        from polyalign.training.extractor import MLCExtractor
+
+        saved = MLCExtractor.load(resume_from_checkpoint)
+        if saved.config_dict() != target.mlc_extractor.config_dict():
+            from polyalign.errors import UserError
+
+            raise UserError(f"checkpoint extractor {saved.config_dict()} does not match this run's "
+                            f"{target.mlc_extractor.config_dict()} (mlc_dim / mlc_layer)", file=resume_from_checkpoint)
+        with torch.no_grad():
+            for name, param in target.mlc_extractor.named_parameters():
+                param.copy_(saved.state_dict()[name].to(param.device, param.dtype))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
