@@ -104,13 +104,26 @@ def read_text_strict(path: str | Path, encoding: str = "utf-8") -> str:
         ) from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+JSON_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def json_type_name(value: Any) -> str:
+    """How a JSON value's type reads in a message ("a number", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def parse_jsonl(text: str, path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of JSONL ``text`` read from ``path``.
 
     A line that is not a JSON object is a :class:`UserError` with its line number; a file
     whose last line is cut mid-object reports that it looks truncated.
     """
-    text = read_text_strict(path, encoding="utf-8-sig")
     lines = text.split("\n")
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -118,9 +131,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            last = number == len(lines) or all(not rest.strip() for rest in lines[number:])
+            last = all(not rest.strip() for rest in lines[number:])
             hint = " (file looks truncated)" if last and not text.endswith("\n") else ""
             raise UserError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}", file=path, line=number) from None
         if not isinstance(obj, dict):
-            raise UserError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=number)
+            raise UserError(f"expected a JSON object per line, got {json_type_name(obj)}", file=path, line=number)
         yield number, obj
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file (see :func:`parse_jsonl`)."""
+    yield from parse_jsonl(read_text_strict(path, encoding="utf-8-sig"), path)

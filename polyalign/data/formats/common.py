@@ -18,7 +18,7 @@ from typing import Any
 from polyalign.data.languages import LANGUAGE_NAMES, canonical_language
 from polyalign.data.records import Message
 from polyalign.errors import UserError
-from polyalign.io import require_file
+from polyalign.io import JSON_TYPE_NAMES, json_type_name, parse_jsonl, require_file
 
 # Role spellings in released data -> our roles. ShareGPT uses human/gpt; Gemma uses model.
 ROLE_ALIASES = {"user": "user", "assistant": "assistant", "system": "system",
@@ -26,18 +26,9 @@ ROLE_ALIASES = {"user": "user", "assistant": "assistant", "system": "system",
 _WS = re.compile(r"[ \t\n\r]*")
 # Long prompts in one CSV cell are legitimate; the csv module's default cap is 128 KiB.
 csv.field_size_limit(2**31 - 1)
-_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
 
-def type_name(value: Any) -> str:
-    """How a JSON value's type reads in a message ("a number", "null", ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+type_name = json_type_name
 
 
 @dataclass(frozen=True)
@@ -152,20 +143,7 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[Loc, int, Any]]:
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
     """Yield ``(loc, object)`` per non-blank line; a cut last line says "truncated"."""
-    text = read_text(path, "jsonl")
-    lines = text.split("\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            last = all(not rest.strip() for rest in lines[number:])
-            hint = " (file looks truncated)" if last and not text.endswith("\n") else ""
-            raise UserError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}",
-                            file=path, line=number) from None
-        if not isinstance(obj, dict):
-            raise UserError(f"expected a JSON object per line, got {type_name(obj)}", file=path, line=number)
+    for number, obj in parse_jsonl(read_text(path, "jsonl"), path):
         yield Loc(str(path), number), obj
 
 
@@ -197,7 +175,7 @@ def get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], loc: Loc, 
     value = obj[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        wanted = " or ".join(JSON_TYPE_NAMES.get(k, k.__name__) for k in kinds)
         raise loc.error(name, f"expected {wanted}, got {type_name(value)}")
     return value
 
