@@ -37,6 +37,36 @@ def resolve_model(
     return model.eval(), tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
 
+def judge_fitting_inputs(
+    encoded: Sequence[list[int]],
+    max_input_tokens: int | None,
+    judge_name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> tuple[list[Any], list[tuple[int, str, torch.Tensor]]]:
+    """Greedy-generate for the inputs that fit ``max_input_tokens``; the rest fail as errors.
+
+    Returns ``(results, generated)``: ``results[i]`` is a failed :class:`Judgment` for an
+    input that is too long and ``None`` otherwise; ``generated`` holds ``(i, text,
+    first_logits)`` for every input that ran, so the judge fills in its ``None`` slots.
+    """
+    from polyalign.evaluation.judges.base import Judgment
+
+    results: list[Any] = [None] * len(encoded)
+    run = []
+    for i, ids in enumerate(encoded):
+        if max_input_tokens is not None and len(ids) > max_input_tokens:
+            results[i] = Judgment.failed(judge_name, f"input too long ({len(ids)} > {max_input_tokens} tokens)")
+        else:
+            run.append(i)
+    texts, firsts = generate_greedy(model, tokenizer, [encoded[i] for i in run],
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return results, list(zip(run, texts, firsts))
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The pad id (eos when the tokenizer has no pad token)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import generate_greedy, resolve_model
+from polyalign.evaluation.judges._hf import judge_fitting_inputs, resolve_model
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
 
 # Hazard names as in the model card's taxonomy table (for reports).
@@ -180,16 +180,10 @@ class LlamaGuardJudge(Judge):
 
     def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
         encoded = [self.encode(item) for item in items]
-        results: list[Judgment | None] = [None] * len(items)
-        run = []
-        for i, ids in enumerate(encoded):
-            if self.max_input_tokens is not None and len(ids) > self.max_input_tokens:
-                results[i] = Judgment.failed(self.name, f"input too long ({len(ids)} > {self.max_input_tokens} tokens)")
-            else:
-                run.append(i)
-        texts, firsts = generate_greedy(self.model, self.tokenizer, [encoded[i] for i in run],
-                                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        for i, text, logits in zip(run, texts, firsts):
+        results, generated = judge_fitting_inputs(encoded, self.max_input_tokens, self.name, self.model,
+                                                  self.tokenizer, max_new_tokens=self.max_new_tokens,
+                                                  batch_size=self.batch_size)
+        for i, text, logits in generated:
             probs = torch.softmax(logits.double(), dim=-1)
             score = float(probs[self.unsafe_ids].sum())
             label, categories, flags = parse_output(text)

@@ -27,7 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import generate_greedy, resolve_model
+from polyalign.evaluation.judges._hf import judge_fitting_inputs, resolve_model
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
 from polyalign.evaluation.judges.llama_guard import CATEGORY_NAMES, PROMPT_CATEGORY_NAMES
 
@@ -166,15 +166,9 @@ class PolyGuardJudge(Judge):
 
     def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
         encoded = [self.encode(item) for item in items]
-        results: list[Judgment | None] = [None] * len(items)
-        run = []
-        for i, ids in enumerate(encoded):
-            if self.max_input_tokens is not None and len(ids) > self.max_input_tokens:
-                results[i] = Judgment.failed(self.name, f"input too long ({len(ids)} > {self.max_input_tokens} tokens)")
-            else:
-                run.append(i)
-        texts, _ = generate_greedy(self.model, self.tokenizer, [encoded[i] for i in run],
-                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        for i, text in zip(run, texts):
+        results, generated = judge_fitting_inputs(encoded, self.max_input_tokens, self.name, self.model,
+                                                  self.tokenizer, max_new_tokens=self.max_new_tokens,
+                                                  batch_size=self.batch_size)
+        for i, text, _ in generated:
             results[i] = judgment_from_output(text, self.name)
         return [r for r in results if r is not None]
