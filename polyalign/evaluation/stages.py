@@ -55,6 +55,10 @@ def load_model(model_or_path: Any, tokenizer: Any, adapter: str | Path | None, *
     if adapter is not None:
         if not Path(adapter).is_dir():
             raise UserError("no such adapter folder", file=adapter, field="adapter")
+        if not (Path(adapter) / "adapter_model.safetensors").is_file():
+            # PEFT would fall back to a pickled adapter_model.bin; polyalign loads safetensors only.
+            raise UserError("no adapter_model.safetensors in the adapter folder (safetensors only)",
+                            file=adapter, field="adapter")
         from peft import PeftModel
 
         try:

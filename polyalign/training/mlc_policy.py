@@ -24,8 +24,10 @@ called directly on the variant rows' hidden states after it, inside the same gra
 
 DDP and skipped steps: on optimiser steps without the MLC term (``mlc_every`` > 1) the
 objective adds ``0 * sum(extractor parameters)``, so the extractor gets a zero gradient on
-every process (DDP then never waits for a missing gradient, whatever
-``ddp_find_unused_parameters`` says). This matches the released ZeRO runs, where a parameter
+every process, so DDP never waits for a missing gradient. ``train()`` also sets
+``ddp_find_unused_parameters: false`` (unless the recipe sets it): with the search on, DDP
+marks the extractor ready during the unused-parameter pass and again when its real gradient
+arrives after the forward, and fails ("mark a variable ready only once"). This matches the released ZeRO runs, where a parameter
 without a gradient is reduced and stepped as zero; the optimizer's moments keep decaying.
 
 Data: :func:`attach_mlc_variants` gives every record its prompt variants (the MLC JSONL's

@@ -143,6 +143,7 @@ def compute_reference_values(
 
 def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Write the cache file atomically (temp name, then rename) plus a JSON description."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -150,10 +151,11 @@ def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], inf
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"ids": json.dumps(ids)})
         os.replace(tmp, path)
-    except OSError as exc:  # read-only or full disk: one clear line, no half-written file left
+    except (OSError, SafetensorError) as exc:  # read-only or full disk: one clear line, no half-written file
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise UserError(f"cannot write the reference cache: {exc.strerror or exc}", file=path,
+        reason = getattr(exc, "strerror", None) or str(exc).split("I/O error: ")[-1]
+        raise UserError(f"cannot write the reference cache: {reason}", file=path,
                         field="reference_cache_dir") from None
     atomic_write_json(path.with_suffix(".json"), info)
 
