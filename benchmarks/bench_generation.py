@@ -1,0 +1,79 @@
+"""Benchmark 5: evaluation generation, the harness (``HFGenerator``, batched, left-padded,
+length-sorted) vs a naive loop calling ``model.generate`` once per prompt.
+
+Greedy decoding, ``max_new_tokens`` per size, the same prompts (random words of varied
+lengths, raw-text mode). Tokens/s = generated tokens (up to and including EOS) / wall time of
+generating all prompts; one timed call = all prompts. Both report their decoded texts'
+fingerprint so ``run_all`` can say whether the outputs agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import torch
+
+from benchmarks import common
+
+IMPLS = ["harness", "naive"]
+_WORDS = ["the", "river", "light", "stone", "garden", "quiet", "market", "north", "window", "paper", "winter",
+          "signal", "bridge", "cloud", "letter", "morning", "engine", "forest", "silver", "harbor"]
+
+
+def _prompts(size: str) -> list[Any]:
+    from polyalign.data.records import EvalPrompt
+
+    s = common.SIZES[size]
+    rng = random.Random(5)
+    longest = 12 if size == "quick" else 60
+    return [EvalPrompt(id=f"g{i}", language="en", text=" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, longest))),
+                       benchmark="bench") for i in range(s["gen_prompts"])]
+
+
+def run(args: Any) -> dict[str, Any]:
+    from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_batches, make_tasks
+
+    s = common.SIZES[args.size]
+    tok = common.build_tokenizer()
+    model = common.build_model(args.size, args.dtype, tok).eval()
+    settings = GenerationSettings(max_new_tokens=s["gen_new"], chat_template=False)
+    generator = HFGenerator(model, tok, settings, batch_size=s["gen_batch"])
+    tasks = make_tasks(tok, _prompts(args.size), settings)
+    eos = sorted(generator.eos_ids)
+
+    def harness() -> dict[str, Any]:
+        records = [r for batch in make_batches(tasks, s["gen_batch"]) for r in generator.generate_batch(batch)]
+        return {r["id"]: (r["text"], r["n_tokens"]) for r in records}
+
+    def naive() -> dict[str, Any]:
+        out = {}
+        for task in tasks:
+            ids = torch.tensor([task.input_ids])
+            with torch.inference_mode():
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s["gen_new"],
+                                     do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+            new = gen[0, ids.shape[1]:].tolist()
+            stop = next((i for i, t in enumerate(new) if t in eos), None)
+            kept = new if stop is None else new[: stop + 1]
+            out[task.prompt.id] = (tok.decode(kept, skip_special_tokens=True), len(kept))
+        return out
+
+    fn = harness if args.impl == "harness" else naive
+    common.reset_peak_rss()
+    timing, outputs = common.time_calls(fn, s["warmup"], s["gen_repeats"])
+    last = outputs[-1]
+    generated = sum(n for _, n in last.values())
+    digest = hashlib.sha256("\n".join(f"{k}\t{last[k][0]}" for k in sorted(last)).encode()).hexdigest()[:16]
+    result = {"bench": "generation", "prompts": len(tasks), "max_new_tokens": s["gen_new"], "batch_size": s["gen_batch"],
+              "generated_tokens": generated, "tokens_per_s": generated / timing["median_s"], **timing,
+              "outputs_sha": digest,
+              "peak_rss_mb": common.peak_rss_mb(), "params": common.count_params(model)}
+    if args.profile:
+        result["profile"] = common.profile_table(fn)
+    return result
+
+
+if __name__ == "__main__":
+    common.child_main(IMPLS, run)

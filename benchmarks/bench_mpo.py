@@ -1,0 +1,133 @@
+"""Benchmark 2: one MPO training step, polyalign vs an "official-style" step.
+
+Batch: one parallel pair (batch size 1, as the released code's per-device batch), i.e. a
+target-language chosen/rejected pair and its dominant-language pair. Policy = seeded Llama
+(seed 0), reference = a different seeded Llama (seed 1) so the reward gap and the retention
+term are both non-trivial. ``beta = 1``, ``alpha = 1``.
+
+- ``official``: written the way the released code works: a policy forward with full-vocabulary
+  logits on the target pair, another on the dominant pair (``output_hidden_states``), a
+  no-grad reference forward with full logits on the dominant pair every step, log-probs by
+  ``log_softmax`` over ``[rows, T, V]``, retention on ``hidden_states[-1].mean(dim=1)``
+  (unmasked pooling); loss = ``mean (beta*(tc-tr) - (dc-dr))^2 + alpha * MSE``.
+- ``polyalign``: reference values (dominant average log-probs and pooled hidden states,
+  ``retain_pooling: unmasked_mean``) precomputed once with the reference model, which is then
+  freed; step = ``compute_objective`` (one concatenated forward, LM head only on target
+  response positions, dominant rows hidden-state-only) + backward + optimizer step.
+
+Both report the loss of every call (warm-up included); ``run_all`` checks they are equal,
+step by step (same initial weights, same optimizer, same gradients up to rounding).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import torch
+
+from benchmarks import common
+
+IMPLS = ["polyalign", "official"]
+BETA, ALPHA = 1.0, 1.0
+
+
+def mpo_examples(size: str, vocab: int, eos: int) -> list[dict[str, Any]]:
+    target = common.preference_examples(size, vocab, 1, seed=1, eos=eos)[0]
+    dominant = common.preference_examples(size, vocab, 1, seed=2, eos=eos)[0]
+    target["language"], dominant["language"] = "zh", "en"
+    return [{"id": "p0", "target": target, "dominant": dominant}]
+
+
+def _avg_logps_full(logits: torch.Tensor, ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Released-code style: full ``[N, T, V]`` log-softmax, gather, masked mean over response tokens."""
+    logps = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    mask = response_mask[:, 1:].float()
+    return (logps * mask).sum(1) / mask.sum(1)
+
+
+def _official(size: str, dtype: str) -> dict[str, Any]:
+    from polyalign.data.collate import collate_mpo
+
+    tok = common.build_tokenizer()
+    policy = common.build_model(size, dtype, tok, seed=0)
+    ref = common.build_model(size, dtype, tok, seed=1).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    batch = collate_mpo(mpo_examples(size, policy.config.vocab_size, tok.eos_token_id), tok.pad_token_id)
+    tgt, dom = batch["target"], batch["dominant"]
+    opt = common.optimizer_for(policy)
+
+    def step() -> dict[str, float]:
+        t = policy(input_ids=tgt["input_ids"], attention_mask=tgt["attention_mask"], use_cache=False)
+        tc, tr = _avg_logps_full(t.logits, tgt["input_ids"], tgt["response_mask"]).chunk(2)
+        d = policy(input_ids=dom["input_ids"], attention_mask=dom["attention_mask"], output_hidden_states=True,
+                   use_cache=False)
+        with torch.no_grad():
+            r = ref(input_ids=dom["input_ids"], attention_mask=dom["attention_mask"], output_hidden_states=True,
+                    use_cache=False)
+            dc, dr = _avg_logps_full(r.logits, dom["input_ids"], dom["response_mask"]).chunk(2)
+        gap = ((BETA * (tc - tr) - (dc - dr)) ** 2).mean()
+        retention = ((d.hidden_states[-1].float().mean(dim=1) - r.hidden_states[-1].float().mean(dim=1)) ** 2).mean()
+        loss = gap + ALPHA * retention
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": float(loss.detach()), "mpo_gap": float(gap.detach()), "retention": float(retention.detach())}
+
+    tokens = int(tgt["attention_mask"].sum() + dom["attention_mask"].sum())
+    return {"model": policy, "step": step, "tokens": tokens}
+
+
+def _polyalign(size: str, dtype: str) -> dict[str, Any]:
+    from polyalign.data.collate import collate_mpo
+    from polyalign.training.objective import compute_objective
+    from polyalign.training.reference_cache import compute_reference_values
+
+    tok = common.build_tokenizer()
+    policy = common.build_model(size, dtype, tok, seed=0)
+    examples = mpo_examples(size, policy.config.vocab_size, tok.eos_token_id)
+    config = common.polyalign_config(tempfile.mkdtemp(prefix="bench_mpo_"), method="mpo", mpo_beta=BETA,
+                                     retain_alpha=ALPHA, retain_pooling="unmasked_mean")
+    ref = common.build_model(size, dtype, tok, seed=1)
+    values = compute_reference_values(ref, examples, "mpo", pad_token_id=tok.pad_token_id, batch_size=1,
+                                      pooling="unmasked_mean", chunk_size=config.logps_chunk_size)
+    del ref  # polyalign never keeps the reference during training
+    for i, example in enumerate(examples):
+        for key, column in values.items():
+            example["dominant"][key] = column[i].item() if column.dim() == 1 else column[i].clone()
+    batch = collate_mpo(examples, tok.pad_token_id)
+    opt = common.optimizer_for(policy)
+    pad = tok.pad_token_id
+
+    def step() -> dict[str, float]:
+        out = compute_objective(policy, batch, config, pad)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": float(out.loss.detach()), **out.terms}
+
+    tokens = int(batch["target"]["attention_mask"].sum() + batch["dominant"]["attention_mask"].sum())
+    return {"model": policy, "step": step, "tokens": tokens}
+
+
+def run(args: Any) -> dict[str, Any]:
+    s = common.SIZES[args.size]
+    setup = (_polyalign if args.impl == "polyalign" else _official)(args.size, args.dtype)
+    setup_peak = common.peak_rss_mb()
+    reset_ok = common.reset_peak_rss()
+    rss_before = common.current_rss_mb()
+    timing, losses = common.time_calls(setup["step"], s["warmup"], s["repeats"])
+    result = {
+        "bench": "mpo", "tokens_per_step": setup["tokens"], "tokens_per_s": setup["tokens"] / timing["median_s"],
+        "losses": [x["loss"] for x in losses], "terms": losses, **timing,
+        "peak_rss_mb": common.peak_rss_mb(), "rss_before_steps_mb": rss_before,
+        "peak_rss_incl_setup_mb": setup_peak, "peak_reset": reset_ok, "params": common.count_params(setup["model"]),
+    }
+    if args.profile:
+        result["profile"] = common.profile_table(setup["step"])
+    return result
+
+
+if __name__ == "__main__":
+    common.child_main(IMPLS, run)

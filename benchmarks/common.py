@@ -1,0 +1,252 @@
+"""Shared benchmark machinery: sizes, models, data, timing, memory, machine info, subprocesses.
+
+Every measured configuration runs in a fresh subprocess (:func:`run_child`), so its peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. Inside the child, the set-up
+(model build, reference pre-computation, trainer construction) runs first; then the kernel's
+high-water mark is reset to the current RSS (``/proc/self/clear_refs`` = 5, Linux) so
+``peak_rss_mb`` is the peak *during the timed training steps*, with whatever each
+implementation keeps resident (a reference model, optimizer state, activations).
+``peak_rss_incl_setup_mb`` is the peak before that reset.
+
+Timing: ``warmup`` untimed calls, then ``repeats`` timed calls (``time.perf_counter``); the
+result gives the median and the spread (min, max, IQR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_MARK = "BENCH_RESULT_JSON:"
+
+#: Model and batch settings per size. ``report``: a ~58M-parameter Llama (see ``params`` in results).
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": dict(hidden=64, layers=2, heads=4, inter=128, vocab=None, seq=64, pairs=2, prompt=(8, 24),
+                  response=(4, 24), warmup=1, repeats=2, gen_prompts=4, gen_new=6, gen_batch=4, gen_repeats=2, mlc_langs=3,
+                  matmul_n=256),
+    "report": dict(hidden=512, layers=8, heads=8, inter=1408, vocab=32000, seq=256, pairs=2, prompt=(64, 128),
+                   response=(48, 128), warmup=1, repeats=5, gen_prompts=12, gen_new=24, gen_batch=6, gen_repeats=3, mlc_langs=4,
+                   matmul_n=2048),
+}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+# ----------------------------------------------------------------------------- machine
+
+def cpu_model_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, load average, library versions, torch threads."""
+    import torch
+    import transformers
+
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:  # pragma: no cover - trl is a dev dependency
+        trl_version = None
+    return {
+        "cpu": cpu_model_name(), "cores": os.cpu_count(), "loadavg": list(os.getloadavg()),
+        "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
+        "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (read by getrusage) to the current RSS."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- timing
+
+def summarize_times(times: list[float]) -> dict[str, Any]:
+    """Median, min, max and inter-quartile range of ``times`` (seconds)."""
+    ordered = sorted(times)
+    if len(ordered) >= 2:
+        q = statistics.quantiles(ordered, n=4, method="inclusive")
+        q1, q3 = q[0], q[2]
+    else:
+        q1 = q3 = ordered[0]
+    return {"times_s": times, "median_s": statistics.median(ordered), "min_s": ordered[0], "max_s": ordered[-1],
+            "iqr_s": q3 - q1}
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[dict[str, Any], list[Any]]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; returns (summary, all results)."""
+    results = []
+    for _ in range(warmup):
+        results.append(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results.append(fn())
+        times.append(time.perf_counter() - start)
+    return summarize_times(times), results
+
+
+# ----------------------------------------------------------------------------- model and data
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def build_tokenizer():
+    from polyalign.models import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+def build_model(size: str, dtype: str, tokenizer: Any, seed: int = 0):
+    """The benchmark Llama (eager attention, train mode) in ``dtype`` (``fp32`` | ``bf16``)."""
+    import torch
+
+    from polyalign.models import build_tiny_model
+
+    s = SIZES[size]
+    model = build_tiny_model("llama", tokenizer, hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"],
+                             intermediate_size=s["inter"], vocab_size=s["vocab"], seed=seed)
+    model = model.to(getattr(torch, DTYPES[dtype]))
+    model.train()
+    return model
+
+
+def count_params(model: Any) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    return {"total": total, "input_embedding": embed, "lm_head": head, "body": total - embed - head}
+
+
+def random_ids(rng: random.Random, n: int, vocab: int, low: int = 300) -> list[int]:
+    """``n`` random ordinary token ids (above the byte and special tokens of the tiny tokenizer)."""
+    return [rng.randrange(low, vocab) for _ in range(n)]
+
+
+def preference_examples(size: str, vocab: int, n: int, seed: int = 0, eos: int | None = None) -> list[dict[str, Any]]:
+    """``n`` tokenised pairs ``{id, language, prompt_input_ids, chosen_input_ids, rejected_input_ids}``.
+
+    Prompt and response lengths are uniform in the size's ranges, capped so prompt+response
+    fits ``seq``; chosen and rejected lengths differ, so the batch has padding as real data does.
+    """
+    s = SIZES[size]
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        p = rng.randint(*s["prompt"])
+        cap = s["seq"] - p
+        c, r = (min(cap, rng.randint(*s["response"])) for _ in range(2))
+        chosen = random_ids(rng, c - 1, vocab) + ([eos] if eos is not None else [rng.randrange(300, vocab)])
+        rejected = random_ids(rng, r - 1, vocab) + ([eos] if eos is not None else [rng.randrange(300, vocab)])
+        out.append({"id": f"ex{seed}-{i}", "language": "xx", "prompt_input_ids": random_ids(rng, p, vocab),
+                    "chosen_input_ids": chosen, "rejected_input_ids": rejected})
+    return out
+
+
+def optimizer_for(model: Any):
+    import torch
+
+    # Same optimizer for every implementation: plain (foreach) AdamW, small learning rate.
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+
+
+def polyalign_config(tmp: str, **kw: Any):
+    from polyalign.training.config import PolyalignConfig
+
+    return PolyalignConfig(output_dir=tmp, use_cpu=True, report_to=[], **kw)
+
+
+def clone_model(model: Any):
+    return copy.deepcopy(model)
+
+
+# ----------------------------------------------------------------------------- child processes
+
+def child_parser(impls: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--impl", choices=impls, required=True)
+    parser.add_argument("--size", choices=list(SIZES), default="quick")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of one step")
+    return parser
+
+
+def child_main(impls: list[str], run: Callable[[argparse.Namespace], dict[str, Any]]) -> None:
+    """Entry point of a benchmark module run as a child: measure one configuration, print JSON."""
+    args = child_parser(impls).parse_args()
+    set_threads(args.threads)
+    result = run(args)
+    result.update(impl=args.impl, size=args.size, dtype=args.dtype, machine=machine_info())
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def run_child(module: str, impl: str, size: str, dtype: str, threads: int, *, profile: bool = False,
+              timeout: float = 1200.0) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<module> --impl ...`` in a fresh process; return its result dict."""
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--impl", impl, "--size", size, "--dtype", dtype,
+           "--threads", str(threads)] + (["--profile"] if profile else [])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+            result["wall_s"] = time.perf_counter() - start
+            return result
+    raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def profile_table(fn: Callable[[], Any], rows: int = 15) -> str:
+    """``torch.profiler`` table (CPU time, top ``rows`` ops) of one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="cpu_time_total", row_limit=rows, max_name_column_width=40)

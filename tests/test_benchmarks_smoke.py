@@ -1,0 +1,101 @@
+"""Smoke test of the benchmark suite: the quick size of every benchmark, once, in a subprocess.
+
+Checks the JSON has its fields and the correctness checks inside the benchmarks passed (the
+MPO loss equality with the official-style step, DPO losses equal to TRL's, same batch, same
+generated texts). No timing is asserted: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench_quick")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/run_all.py", "--size", "quick", "--threads", "1", "--no-profile",
+         "--out-dir", str(out), "--md", str(out / "RESULTS.md")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+def _load(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _check_timing(run: dict) -> None:
+    for key in ("median_s", "min_s", "max_s", "iqr_s", "times_s"):
+        assert key in run, key
+    assert len(run["times_s"]) >= 2
+    assert run["min_s"] <= run["median_s"] <= run["max_s"]
+    assert run["machine"]["cores"] >= 1 and len(run["machine"]["loadavg"]) == 3
+
+
+def test_dpo_json(quick_results):
+    data = _load(quick_results, "dpo")
+    runs = data["runs"]["fp32"]
+    assert set(runs) == {"polyalign", "trl", "trl_precompute"}
+    for run in runs.values():
+        _check_timing(run)
+        assert run["tokens_per_s"] > 0 and run["peak_rss_mb"] > 0
+        assert run["same_batch_as_polyalign_collator"] is True
+        assert run["tokens_per_step"] == runs["polyalign"]["tokens_per_step"]
+    summary = data["summary"]["fp32"]
+    assert summary["loss_equal_to_trl"] is True and summary["same_batch"] is True
+    # a real comparison: the loss moves between steps (not log 2 every time)
+    losses = runs["polyalign"]["losses"]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5) and abs(losses[-1] - losses[0]) > 1e-4
+
+
+def test_mpo_loss_equality_passed(quick_results):
+    data = _load(quick_results, "mpo")
+    runs = data["runs"]["fp32"]
+    assert data["summary"]["fp32"]["loss_equal"] is True
+    for run in runs.values():
+        _check_timing(run)
+        assert run["peak_reset"] is True
+    # both terms non-trivial at the first step, and equal term by term
+    first_p, first_o = runs["polyalign"]["terms"][0], runs["official"]["terms"][0]
+    assert first_o["retention"] > 1e-3 and first_o["mpo_gap"] > 0
+    assert first_p["retention"] == pytest.approx(first_o["retention"], rel=1e-4)
+    assert first_p["mpo_gap"] == pytest.approx(first_o["mpo_gap"], rel=1e-3, abs=1e-8)
+
+
+def test_mlc_mfu_generation_json(quick_results):
+    mlc = _load(quick_results, "mlc")
+    assert set(mlc["runs"]["fp32"]) == {"dpo", "dpo_mlc"}
+    assert "overhead_every_step" in mlc["summary"]["fp32"]
+    # the MLC term changes the loss
+    assert mlc["runs"]["fp32"]["dpo_mlc"]["losses"][0] != pytest.approx(mlc["runs"]["fp32"]["dpo"]["losses"][0])
+    mfu = _load(quick_results, "mfu")["runs"]["fp32"]["polyalign"]
+    params = mfu["params"]
+    assert mfu["model_flops_issue"] == pytest.approx(6 * params["total"] * mfu["tokens_per_step"])
+    assert 0 < mfu["mfu_issue"] and mfu["matmul_peak_flops"] > 0
+    gen = _load(quick_results, "generation")
+    assert gen["summary"]["fp32"]["same_outputs"] is True
+    for run in gen["runs"]["fp32"].values():
+        _check_timing(run)
+        assert run["generated_tokens"] > 0
+
+
+def test_summary_and_markdown(quick_results):
+    summary = json.loads((quick_results / "summary.json").read_text(encoding="utf-8"))
+    assert set(summary["targets"]["fp32"]) == {"dpo_speedup_vs_trl", "mpo_speedup_vs_official",
+                                               "mpo_rss_ratio_vs_official", "mfu", "generation_speedup_vs_naive"}
+    for target in summary["targets"]["fp32"].values():
+        assert isinstance(target["met"], bool) and target["value"] > 0
+    text = (quick_results / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## Targets" in text and "## dpo" in text and summary["machine"]["torch"] in text
