@@ -19,3 +19,13 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m polyalign demo --out runs/demo
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size report
+
+.PHONY: bench-quick
+bench-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size quick

@@ -20,6 +20,7 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,12 @@ def _accumulate(model: PreTrainedModel, sequences: list[list[int]], pad_id: int,
 
 
 def _train_model(
-    world: World, tokenizer: PreTrainedTokenizerBase, config: PretrainConfig, log_every: int = 50
+    world: World, tokenizer: PreTrainedTokenizerBase, config: PretrainConfig, log_every: int = 50,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[PreTrainedModel, list[tuple[int, float]]]:
-    """Train a fresh tiny Llama on the world's mixture; returns the model and its loss curve."""
+    """Train a fresh tiny Llama on the world's mixture; returns the model and its loss curve.
+
+    ``progress(steps_done)`` is called after every optimiser step (progress bars)."""
     corpus = Corpus(world, tokenizer, config.mixture)
     model = build_tiny_model(
         "llama", tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
@@ -154,6 +158,8 @@ def _train_model(
                 if (step + 1) % log_every == 0 or step + 1 == config.steps:
                     curve.append((step + 1, running / ((step % log_every) + 1)))
                     running = 0.0
+                if progress is not None:
+                    progress(step + 1)
     finally:
         torch.set_num_threads(previous_threads)
     return model.eval(), curve
@@ -174,10 +180,12 @@ def _valid_cache(folder: Path, key: str) -> bool:
         return False
 
 
-def pretrain_base_model(world: World, out_dir: str | Path, config: PretrainConfig | None = None) -> Path:
+def pretrain_base_model(world: World, out_dir: str | Path, config: PretrainConfig | None = None, *,
+                        progress: Callable[[int], None] | None = None) -> Path:
     """Train the base model for ``world`` (or reuse the cached one) and return its folder.
 
-    The folder loads with :func:`polyalign.models.load_model_and_tokenizer`.
+    The folder loads with :func:`polyalign.models.load_model_and_tokenizer`; ``progress``
+    is called with the number of steps done after each pretraining step (not when cached).
     """
     config = config or PretrainConfig()
     key = cache_key(world, config)
@@ -190,7 +198,8 @@ def pretrain_base_model(world: World, out_dir: str | Path, config: PretrainConfi
                         file=folder)
     tokenizer = build_word_tokenizer(world.lexicon.surface_vocab())
     start, cpu_start = time.perf_counter(), time.process_time()
-    model, curve = _train_model(world, tokenizer, config, log_every=max(1, min(50, config.steps // 10)))
+    model, curve = _train_model(world, tokenizer, config, log_every=max(1, min(50, config.steps // 10)),
+                                progress=progress)
     # CPU seconds stay meaningful on a shared, loaded machine where wall time does not.
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tmp = folder.with_name(folder.name + ".tmp")
