@@ -88,7 +88,13 @@ def _train_backend(vocab_size: int) -> Tokenizer:
     return backend
 
 
-def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(backend: Tokenizer, **options: Any) -> PreTrainedTokenizerFast:
+    """A ``PreTrainedTokenizerFast`` over ``backend`` with the project's conventions.
+
+    Same special tokens (ids 0..6 when the backend puts them first), chat template, eos =
+    end of turn and right padding for every tokenizer polyalign builds; ``options`` are
+    passed on (e.g. ``clean_up_tokenization_spaces``).
+    """
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS,
@@ -98,6 +104,7 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
         additional_special_tokens=list(ROLE_TOKENS),
         padding_side="right",
         model_max_length=1024,
+        **options,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -117,7 +124,7 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerFast:
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
-    return _wrap(Tokenizer.from_str(_cached_backend_json(vocab_size)))
+    return wrap_tokenizer(Tokenizer.from_str(_cached_backend_json(vocab_size)))
 
 
 def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerBase, **dims: int) -> Any:

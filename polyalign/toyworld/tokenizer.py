@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from polyalign.models import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, UNK
+from polyalign.models import SPECIAL_TOKENS, UNK, wrap_tokenizer
 
 # Separates the two sides of a translation line in the pretraining corpus.
 TRANSLATION_SEP = "<=>"
@@ -40,16 +40,4 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        additional_special_tokens=list(ROLE_TOKENS),
-        padding_side="right",
-        model_max_length=1024,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return wrap_tokenizer(backend, clean_up_tokenization_spaces=False)
