@@ -8,8 +8,7 @@ polyalign.evaluation`` stays cheap (no torch / transformers until used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from polyalign._lazy import lazy_exports
 
 _EXPORTS = {
     "BenchmarkSpec": "polyalign.evaluation.benchmarks",
@@ -23,10 +22,4 @@ _EXPORTS = {
     "evaluate": "polyalign.evaluation.run",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'polyalign.evaluation' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,17 +7,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from polyalign._lazy import lazy_exports
 
-_LAZY = {"MLCConfig": "trl_mlc", "MLCDPOTrainer": "trl_mlc", "MLCDataCollator": "trl_mlc", "trl_rows": "trl_mlc"}
+_EXPORTS = {name: "polyalign.integrations.trl_mlc" for name in ("MLCConfig", "MLCDPOTrainer", "MLCDataCollator", "trl_rows")}
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(f"polyalign.integrations.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'polyalign.integrations' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

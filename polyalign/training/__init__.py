@@ -8,22 +8,13 @@ package (e.g. for the MLC extractor) does not pull in transformers' Trainer.
 
 from __future__ import annotations
 
-from typing import Any
+from polyalign._lazy import lazy_exports
 
-__all__ = ["PolyalignConfig", "PolyalignTrainer", "load_config", "train"]
+_EXPORTS = {
+    "PolyalignConfig": "polyalign.training.config",
+    "load_config": "polyalign.training.config",
+    "PolyalignTrainer": "polyalign.training.trainer",
+    "train": "polyalign.training.run",
+}
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("PolyalignConfig", "load_config"):
-        from polyalign.training import config
-
-        return getattr(config, name)
-    if name == "PolyalignTrainer":
-        from polyalign.training.trainer import PolyalignTrainer
-
-        return PolyalignTrainer
-    if name == "train":
-        from polyalign.training.run import train
-
-        return train
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

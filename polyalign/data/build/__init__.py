@@ -9,8 +9,7 @@ pairs with a data card (:mod:`.pipeline`, :mod:`.card`), configured by YAML
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from polyalign._lazy import lazy_exports
 
 _EXPORTS = {
     "BuildConfig": "polyalign.data.build.config",
@@ -39,10 +38,4 @@ _EXPORTS = {
     "response_pair": "polyalign.data.build.pairing",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'polyalign.data.build' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,8 +13,7 @@ Names are imported lazily so that importing the package does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from polyalign._lazy import lazy_exports
 
 _EXPORTS = {
     "UtilityTask": "polyalign.evaluation.utility.tasks",
@@ -33,10 +32,4 @@ _EXPORTS = {
     "over_refusal": "polyalign.evaluation.utility.run",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
