@@ -357,14 +357,14 @@ class BuildPipeline:
 
         c = self.config
         out_path = c.out_dir / OUTPUT_NAMES[c.kind]
-        write_canonical(records, out_path)
-        outputs = [{"path": str(out_path), "format": "canonical", "records": len(records),
-                    "per_language": dict(sorted(per_language.items())), "sha256": file_fingerprint(out_path)}]
+        written = [(out_path, "canonical", write_canonical)]
         if c.kind == "mpo":
-            official = out_path.with_suffix(".json")
-            write_mpo(records, official)
-            outputs.append({"path": str(official), "format": "mpo", "records": len(records),
-                            "per_language": dict(sorted(per_language.items())), "sha256": file_fingerprint(official)})
+            written.append((out_path.with_suffix(".json"), "mpo", write_mpo))
+        outputs = []
+        for path, fmt, write in written:
+            write(records, path)
+            outputs.append({"path": str(path), "format": fmt, "records": len(records),
+                            "per_language": dict(sorted(per_language.items())), "sha256": file_fingerprint(path)})
         counts: dict[str, Any] = {}
         notes: list[str] = []
         for entry in entries.values():
