@@ -8,13 +8,27 @@ self-generating), ``generation``, ``strategy``, ``filters`` (``config``, ``count
 file, whether this run reused it), ``outputs`` (path, records, records per language,
 sha256), ``runs`` (one entry per process: what it translated / generated / judged anew and
 what it reused), ``fingerprint`` (hash of all stage fingerprints).
+
+:func:`emit` is the build's last step: it writes the records, appends this process's run to
+``work_dir/runs.jsonl`` and writes both card files; the pipeline only logs what it returns.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from polyalign.data.build.filters import FilterReport
 from polyalign.data.languages import language_name
+from polyalign.io import atomic_write_json, atomic_write_text, file_fingerprint
+
+if TYPE_CHECKING:
+    from polyalign.data.build.config import BuildConfig
+    from polyalign.data.build.translate import Translator
+
+OUTPUT_NAMES = {"mpo": "mpo_pairs.jsonl", "mlc": "mlc_pairs.jsonl", "dpo": "dpo_pairs.jsonl"}
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
@@ -58,3 +72,81 @@ def render_card_markdown(card: dict[str, Any]) -> str:
             "judged", "judge_reused", "judge_errors"]
     out += _table([[r.get(k, 0) for k in keys] for r in card["runs"]], keys)
     return "\n".join(out) + "\n"
+
+
+def _write_outputs(config: BuildConfig, records: list[Any], per_language: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Write the records (canonical JSONL; MPO also the released trainer's JSON) -> card ``outputs``."""
+    from polyalign.data.writers import write_canonical, write_mpo  # lazy: keeps ``import`` of this module light
+
+    out_path = config.out_dir / OUTPUT_NAMES[config.kind]
+    written = [(out_path, "canonical", write_canonical)]
+    if config.kind == "mpo":
+        written.append((out_path.with_suffix(".json"), "mpo", write_mpo))
+    outputs = []
+    for path, fmt, write in written:
+        write(records, path)
+        outputs.append({"path": str(path), "format": fmt, "records": len(records),
+                        "per_language": dict(sorted(per_language.items())), "sha256": file_fingerprint(path)})
+    return outputs
+
+
+def _record_run(work: Path, run_id: str, run_stats: Mapping[str, int],
+                entries: dict[str, dict]) -> tuple[dict[str, Any], list[dict]]:
+    """Append this process's run to ``runs.jsonl``; returns (this run, every run so far).
+
+    Appended, not rewritten: each process that touched the build keeps its own line, so the
+    card shows how a resumed build's work was split between runs."""
+    run = {"run_id": run_id, **{k: int(v) for k, v in run_stats.items()},
+           "stages_reused": [s for s, e in entries.items() if e.get("reused")]}
+    runs_path = work / "runs.jsonl"
+    with open(runs_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(run) + "\n")
+    return run, [json.loads(line) for line in runs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def emit(config: BuildConfig, records: list[Any], per_language: Mapping[str, int], report: FilterReport,
+         entries: dict[str, dict], fingerprint: str, *, work: Path, run_id: str, run_stats: Mapping[str, int],
+         translator: Translator, judge_identity: Callable[[], dict[str, Any]],
+         gen_identity: Callable[[], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the outputs, the run log and ``data_card.json`` / ``.md``; returns (card, this run).
+
+    ``report`` holds the pair stage's counts; the earlier stages' counts and notes come from
+    their ``entries``. The judge / model identities are callables, called only when the card
+    records them (a judge: when the build generates; a model: when ``model.path`` is set),
+    because a build that reused every stage must not load a judge or a model to describe it."""
+    c = config
+    outputs = _write_outputs(c, records, per_language)
+    counts: dict[str, Any] = {}
+    notes: list[str] = []
+    for entry in entries.values():
+        part = FilterReport.from_dict(entry.get("filters") or {})
+        counts.update(part.to_dict()["counts"])
+        notes += part.notes
+    counts.update(report.to_dict()["counts"])
+    run, runs = _record_run(work, run_id, run_stats, entries)
+    source = entries["source"]
+    generating = c.needs_dominant_generation or c.needs_target_generation
+    card = {
+        "kind": c.kind,
+        "languages": {"dominant": c.dominant_language, "targets": list(c.languages)},
+        "input": {"path": str(c.input_path), "sha256": source.get("sha256"), "format": source.get("format"),
+                  "n_read": source.get("n_read"), "skipped": source.get("skipped", {}),
+                  "n_selected": source.get("n_selected")},
+        "translator": {"settings": translator.settings(), "fingerprint": translator.fingerprint()},
+        "judge": judge_identity() if generating else None,
+        "model": {"source": c.model.get("path"), "identity": gen_identity()} if c.model.get("path") else None,
+        "generation": dict(c.generation) if generating else None,
+        "strategy": {"dominant_chosen": c.dominant_chosen if c.kind == "mpo" else None,
+                     "target": c.target if c.kind != "mlc" else None},
+        "filters": {"config": c.filters.to_dict(), "counts": counts, "notes": notes},
+        "stages": {s: {"fingerprint": e.get("fingerprint"), "output": e.get("output"), "reused": bool(e.get("reused")),
+                       "skipped": bool(e.get("skipped")), "complete": e.get("complete", True)}
+                   for s, e in entries.items()},
+        "outputs": outputs,
+        "runs": runs,
+        "config": c.to_dict(),
+        "fingerprint": fingerprint,
+    }
+    atomic_write_json(c.out_dir / "data_card.json", card)
+    atomic_write_text(c.out_dir / "data_card.md", render_card_markdown(card))
+    return card, run

@@ -13,10 +13,10 @@ Stages, in order; each writes its own file in ``work_dir`` and records its finge
                  -> ``03_translations.jsonl`` (one row per text: source, text, filter)
 4. ``target``    (``target: selfgen``) the model answers the translated prompts, judged
                  and filtered -> ``04_target.jsonl``
-5. ``pairs``     pairs formed (:mod:`.pairing`), pair filters, outputs written to
-                 ``out_dir``: ``mpo_pairs.jsonl`` (+ official ``mpo_pairs.json``),
-                 ``mlc_pairs.jsonl`` or ``dpo_pairs.jsonl``, all canonical JSONL; then
-                 ``data_card.json`` / ``data_card.md`` (:mod:`.card`).
+5. ``pairs``     pairs formed (:mod:`.pairing`), pair filters; then :func:`.card.emit`
+                 writes to ``out_dir``: ``mpo_pairs.jsonl`` (+ official ``mpo_pairs.json``),
+                 ``mlc_pairs.jsonl`` or ``dpo_pairs.jsonl``, all canonical JSONL, and
+                 ``data_card.json`` / ``data_card.md``.
 
 A stage whose fingerprint matches and whose run was complete (no failed translation or
 judgment) is reused from its file. Inside a stage, work is resumable through the
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.data.build.cache import TranslationCache
-from polyalign.data.build.card import render_card_markdown
+from polyalign.data.build.card import OUTPUT_NAMES, emit
 from polyalign.data.build.config import BuildConfig
 from polyalign.data.build.filters import FilterReport, TextItem, filter_texts
 from polyalign.data.build.pairing import (
@@ -57,10 +57,9 @@ from polyalign.data.formats.preference import prompt_text
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair
 from polyalign.errors import UserError
 from polyalign.evaluation.store import new_run_id
-from polyalign.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, file_fingerprint, iter_jsonl, text_fingerprint
+from polyalign.io import atomic_write_json, atomic_write_jsonl, file_fingerprint, iter_jsonl, text_fingerprint
 
 STAGES = ("source", "dominant", "translate", "target", "pairs")
-OUTPUT_NAMES = {"mpo": "mpo_pairs.jsonl", "mlc": "mlc_pairs.jsonl", "dpo": "dpo_pairs.jsonl"}
 CRASH_ENV = "POLYALIGN_BUILD_CRASH"
 
 
@@ -353,58 +352,16 @@ class BuildPipeline:
 
     def _emit(self, records: list[Any], per_language: Counter, report: FilterReport, entries: dict[str, dict],
               fingerprint: str) -> dict[str, Any]:
-        from polyalign.data.writers import write_canonical, write_mpo
-
+        """Outputs, run log and data card (:func:`.card.emit`), then a summary on stderr."""
         c = self.config
-        out_path = c.out_dir / OUTPUT_NAMES[c.kind]
-        written = [(out_path, "canonical", write_canonical)]
-        if c.kind == "mpo":
-            written.append((out_path.with_suffix(".json"), "mpo", write_mpo))
-        outputs = []
-        for path, fmt, write in written:
-            write(records, path)
-            outputs.append({"path": str(path), "format": fmt, "records": len(records),
-                            "per_language": dict(sorted(per_language.items())), "sha256": file_fingerprint(path)})
-        counts: dict[str, Any] = {}
-        notes: list[str] = []
-        for entry in entries.values():
-            part = FilterReport.from_dict(entry.get("filters") or {})
-            counts.update(part.to_dict()["counts"])
-            notes += part.notes
-        counts.update(report.to_dict()["counts"])
-        run = {"run_id": self.run_id, **{k: int(v) for k, v in self.run_stats.items()},
-               "stages_reused": [s for s, e in entries.items() if e.get("reused")]}
-        runs_path = self.work / "runs.jsonl"
-        with open(runs_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(run) + "\n")
-        source = entries["source"]
-        card = {
-            "kind": c.kind,
-            "languages": {"dominant": c.dominant_language, "targets": list(c.languages)},
-            "input": {"path": str(c.input_path), "sha256": source.get("sha256"), "format": source.get("format"),
-                      "n_read": source.get("n_read"), "skipped": source.get("skipped", {}),
-                      "n_selected": source.get("n_selected")},
-            "translator": {"settings": self.translator.settings(), "fingerprint": self.translator.fingerprint()},
-            "judge": self._judge_identity() if (c.needs_dominant_generation or c.needs_target_generation) else None,
-            "model": {"source": c.model.get("path"), "identity": self._gen_identity()} if c.model.get("path") else None,
-            "generation": dict(c.generation) if (c.needs_dominant_generation or c.needs_target_generation) else None,
-            "strategy": {"dominant_chosen": c.dominant_chosen if c.kind == "mpo" else None,
-                         "target": c.target if c.kind != "mlc" else None},
-            "filters": {"config": c.filters.to_dict(), "counts": counts, "notes": notes},
-            "stages": {s: {"fingerprint": e.get("fingerprint"), "output": e.get("output"), "reused": bool(e.get("reused")),
-                           "skipped": bool(e.get("skipped")), "complete": e.get("complete", True)}
-                       for s, e in entries.items()},
-            "outputs": outputs,
-            "runs": [json.loads(line) for line in runs_path.read_text(encoding="utf-8").splitlines() if line.strip()],
-            "config": c.to_dict(),
-            "fingerprint": fingerprint,
-        }
-        atomic_write_json(c.out_dir / "data_card.json", card)
-        atomic_write_text(c.out_dir / "data_card.md", render_card_markdown(card))
+        card, run = emit(c, records, per_language, report, entries, fingerprint, work=self.work, run_id=self.run_id,
+                         run_stats=self.run_stats, translator=self.translator, judge_identity=self._judge_identity,
+                         gen_identity=self._gen_identity)
         _log(f"translated {run.get('translated', 0)} new ({run.get('translation_cache_hits', 0)} from the cache), "
              f"generated {run.get('generated', 0)} new ({run.get('generation_reused', 0)} reused), judged "
              f"{run.get('judged', 0)} new ({run.get('judge_reused', 0)} reused) (run {self.run_id})")
-        _log(f"wrote {len(records)} records to {out_path} and the data card to {c.out_dir / 'data_card.json'}")
+        _log(f"wrote {len(records)} records to {c.out_dir / OUTPUT_NAMES[c.kind]} "
+             f"and the data card to {c.out_dir / 'data_card.json'}")
         incomplete = [s for s, e in entries.items() if e.get("complete") is False]
         if incomplete:
             _log(f"stage(s) {', '.join(incomplete)} had failures (see the data card); rerun to retry them")
