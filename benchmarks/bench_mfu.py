@@ -12,9 +12,12 @@ Model FLOPs per step, two ways:
   reference log-probs are cached), so it is ``6 * P * T``.
 - ``executed``: the matmul FLOPs the step really runs: ``6 * P_body * T_pad`` (decoder
   linears on every padded position) ``+ 6 * P_head * T_resp`` (LM head only on response
-  positions; the log-sum-exp chunks are recomputed in backward under checkpointing, counted as
-  another ``2 * P_head * T_resp``) ``+ 12 * layers * hidden * sum_rows T_row^2`` (attention
-  scores and values, forward + backward, causal mask not exploited by eager attention).
+  positions; when the response tokens span several ``logps_chunk_size`` chunks, each chunk's
+  projection is recomputed in backward under checkpointing, counted as another
+  ``2 * P_head * T_resp``) ``+ 12 * layers * hidden * rows * T_width^2`` (attention scores and
+  values, forward + backward, causal mask not exploited by eager attention). The child also
+  counts the step's matmul FLOPs op by op (``torch.utils.flop_counter``) as a check of this
+  formula (``model_flops_counted``).
 
 ``MFU = model FLOPs / step time / matmul peak``.
 """
@@ -68,17 +71,19 @@ def run(args: Any) -> dict[str, Any]:
     cfg = model.config
     issue_flops = 6.0 * params["total"] * tokens
     attention = 12.0 * cfg.num_hidden_layers * cfg.hidden_size * batch["input_ids"].shape[0] * width**2
-    executed = 6.0 * params["body"] * padded + 8.0 * params["lm_head"] * resp + attention
+    head_passes = 8.0 if resp > setup["config"].logps_chunk_size else 6.0
+    executed = 6.0 * params["body"] * padded + head_passes * params["lm_head"] * resp + attention
+    counted = common.counted_flops(setup["step"])  # after the timed steps
     step = timing["median_s"]
     return {
         "bench": "mfu", "matmul_peak_before": peak, "matmul_peak_after": peak_after, "matmul_peak_flops": best_peak,
         "tokens_per_step": tokens, "padded_tokens_per_step": padded, "response_tokens_per_step": resp,
         "mean_row_length": float(lengths.mean()), **timing, "params": params,
-        "model_flops_issue": issue_flops, "model_flops_executed": executed,
+        "model_flops_issue": issue_flops, "model_flops_executed": executed, "model_flops_counted": counted,
         "achieved_flops_issue": issue_flops / step, "achieved_flops_executed": executed / step,
         "mfu_issue": issue_flops / step / best_peak, "mfu_executed": executed / step / best_peak,
         "formula_issue": "6 * P_total * T_real (+ 2 * P_total * T_forward_only = 0: reference cached)",
-        "formula_executed": "6*P_body*T_padded + 8*P_head*T_response + 12*layers*hidden*rows*T_width^2",
+        "formula_executed": f"6*P_body*T_padded + {head_passes:.0f}*P_head*T_response + 12*layers*hidden*rows*T_width^2",
     }
 
 

@@ -76,7 +76,7 @@ def _official(size: str, dtype: str) -> dict[str, Any]:
         return {"loss": float(loss.detach()), "mpo_gap": float(gap.detach()), "retention": float(retention.detach())}
 
     tokens = int(tgt["attention_mask"].sum() + dom["attention_mask"].sum())
-    return {"model": policy, "step": step, "tokens": tokens}
+    return {"model": policy, "step": step, "tokens": tokens, "batch": batch}
 
 
 def _polyalign(size: str, dtype: str) -> dict[str, Any]:
@@ -108,7 +108,38 @@ def _polyalign(size: str, dtype: str) -> dict[str, Any]:
         return {"loss": float(out.loss.detach()), **out.terms}
 
     tokens = int(batch["target"]["attention_mask"].sum() + batch["dominant"]["attention_mask"].sum())
-    return {"model": policy, "step": step, "tokens": tokens}
+    return {"model": policy, "step": step, "tokens": tokens, "batch": batch}
+
+
+def exact_step_flop_floor(batch: dict[str, Any], params: dict[str, int]) -> dict[str, float]:
+    """Matmul FLOPs that any implementation computing this step's exact loss and gradients must run.
+
+    A lower bound, so every term is counted generously low: the decoder's linear layers
+    (``P_body`` parameters, 2 FLOPs per parameter per position forward, 4 backward) on every
+    *real* target token (padding after a target row changes nothing) and on every dominant
+    position the unmasked pooling reads (the dominant pair's own padded width); the LM head
+    (``P_head``) forward + both backward products on the target response positions only;
+    attention scores and the embedding lookup not at all; no reference forward (cached).
+    ``shared_prompt`` additionally assumes each pair's prompt is run once for both answers
+    (prefix sharing), which polyalign does not implement.
+    """
+    target, dominant = batch["target"], batch["dominant"]
+    body, head = params["body"], params["lm_head"]
+    target_real = int(target["attention_mask"].sum())
+    dominant_positions = int(dominant["input_ids"].numel())
+    response = int(target["response_mask"][:, 1:].sum())
+    half = target["input_ids"].shape[0] // 2
+
+    def prompt_lengths(side: dict[str, Any]) -> int:
+        # Chosen rows: the prompt ends where the first response token starts.
+        first = side["response_mask"][:half].float().argmax(dim=1)
+        return int(first.sum())
+
+    floor = 6.0 * body * (target_real + dominant_positions) + 6.0 * head * response
+    shared = floor - 6.0 * body * (prompt_lengths(target) + prompt_lengths(dominant))
+    return {"exact_floor_flops": floor, "exact_floor_flops_shared_prompt": shared,
+            "floor_positions": {"target_real": target_real, "dominant_padded": dominant_positions,
+                                "target_response": response}}
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -124,6 +155,15 @@ def run(args: Any) -> dict[str, Any]:
         "peak_rss_mb": common.peak_rss_mb(), "rss_before_steps_mb": rss_before,
         "peak_rss_incl_setup_mb": setup_peak, "peak_reset": reset_ok, "params": common.count_params(setup["model"]),
     }
+    # After the timed steps (the losses compared above are unaffected): FLOPs really executed by
+    # one more step, counted op by op, and the floor any exact implementation must run.
+    result["matmul_flops_counted"] = common.counted_flops(setup["step"])
+    result.update(exact_step_flop_floor(setup["batch"], result["params"]))
+    # Memory floor of any step that keeps a full gradient and AdamW's two moments beside the
+    # parameters (what was resident before the steps: interpreter, libraries, parameters).
+    param_mb = sum(p.numel() * p.element_size() for p in setup["model"].parameters()) / 2**20
+    result["rss_floor_mb"] = rss_before + 3 * param_mb
+    result["rss_floor_no_full_grad_mb"] = rss_before + 2 * param_mb
     if args.profile:
         result["profile"] = common.profile_table(setup["step"])
     return result

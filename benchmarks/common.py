@@ -192,8 +192,12 @@ def preference_examples(size: str, vocab: int, n: int, seed: int = 0, eos: int |
 def optimizer_for(model: Any):
     import torch
 
-    # Same optimizer for every implementation: plain (foreach) AdamW, small learning rate.
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+    # Same optimizer for every implementation: the one transformers 5's Trainer builds by default
+    # (``optim="adamw_torch_fused"``, so polyalign's, TRL's and LLaMA-Factory's trainers alike),
+    # small learning rate. BENCH_OPTIM=foreach selects the multi-tensor AdamW of earlier reports.
+    fused = os.environ.get("BENCH_OPTIM", "fused") == "fused"
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                             fused=fused, foreach=None if fused else True)
 
 
 def polyalign_config(tmp: str, **kw: Any):
@@ -250,3 +254,14 @@ def profile_table(fn: Callable[[], Any], rows: int = 15) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=rows, max_name_column_width=40)
+
+
+def counted_flops(fn: Callable[[], Any]) -> int:
+    """Matmul-class FLOPs (mm, bmm, addmm, attention kernels; forward and backward) of one call of
+    ``fn``, counted by ``torch.utils.flop_counter.FlopCounterMode`` from the ops that really run.
+    Element-wise work (softmax, norms, the optimizer update) is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())

@@ -40,6 +40,22 @@ def _losses_close(a: list[float], b: list[float], dtype: str) -> tuple[bool, flo
     return bool(len(a) == len(b) and len(a) > 0 and worst <= tol), worst
 
 
+def _mpo_flop_ratios(p: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+    """Counted matmul FLOPs of the official-style step over polyalign's and over the exact-step floor
+    (``bench_mpo.exact_step_flop_floor``): the speed-up any implementation could reach if it ran
+    its matmuls exactly as efficiently as the official-style step runs its own; and polyalign's
+    memory floors (parameters + gradient + AdamW moments, or without a full gradient) over the
+    official-style step's peak RSS."""
+    if "matmul_flops_counted" not in o or "matmul_flops_counted" not in p:
+        return {}
+    official = o["matmul_flops_counted"]
+    return {"flops_official_over_polyalign": official / p["matmul_flops_counted"],
+            "flops_official_over_exact_floor": official / p["exact_floor_flops"],
+            "flops_official_over_exact_floor_shared_prompt": official / p["exact_floor_flops_shared_prompt"],
+            "rss_floor_ratio_vs_official": p["rss_floor_mb"] / o["peak_rss_mb"],
+            "rss_floor_no_full_grad_ratio_vs_official": p["rss_floor_no_full_grad_mb"] / o["peak_rss_mb"]}
+
+
 def summarize(bench: str, runs: dict[str, dict[str, Any]], dtype: str) -> dict[str, Any]:
     """Ratios and checks of one bench at one dtype."""
     med = {impl: r["median_s"] for impl, r in runs.items()}
@@ -60,7 +76,7 @@ def summarize(bench: str, runs: dict[str, dict[str, Any]], dtype: str) -> dict[s
         return {"speedup_vs_official": o["median_s"] / p["median_s"],
                 "speedup_vs_official_best": o["min_s"] / p["min_s"],
                 "rss_ratio_vs_official": p["peak_rss_mb"] / o["peak_rss_mb"],
-                "loss_equal": ok, "loss_max_rel_diff": worst}
+                "loss_equal": ok, "loss_max_rel_diff": worst, **_mpo_flop_ratios(p, o)}
     if bench == "mlc":
         overhead = med["dpo_mlc"] / med["dpo"] - 1.0
         best = runs["dpo_mlc"]["min_s"] / runs["dpo"]["min_s"] - 1.0

@@ -72,6 +72,15 @@ def test_mpo_loss_equality_passed(quick_results):
     assert first_o["retention"] > 1e-3 and first_o["mpo_gap"] > 0
     assert first_p["retention"] == pytest.approx(first_o["retention"], rel=1e-4)
     assert first_p["mpo_gap"] == pytest.approx(first_o["mpo_gap"], rel=1e-3, abs=1e-8)
+    # FLOP accounting: the exact-step floor is a lower bound of what either implementation really
+    # runs (counted op by op), and the official-style step (full-vocabulary logits, a reference
+    # forward) runs more than polyalign's.
+    p, o = runs["polyalign"], runs["official"]
+    assert p["exact_floor_flops"] == o["exact_floor_flops"] > p["exact_floor_flops_shared_prompt"] > 0
+    assert p["exact_floor_flops"] <= p["matmul_flops_counted"] < o["matmul_flops_counted"]
+    summary = data["summary"]["fp32"]
+    assert summary["flops_official_over_polyalign"] == pytest.approx(
+        o["matmul_flops_counted"] / p["matmul_flops_counted"])
 
 
 def test_mlc_mfu_generation_json(quick_results):
@@ -84,6 +93,9 @@ def test_mlc_mfu_generation_json(quick_results):
     params = mfu["params"]
     assert mfu["model_flops_issue"] == pytest.approx(6 * params["total"] * mfu["tokens_per_step"])
     assert 0 < mfu["mfu_issue"] and mfu["matmul_peak_flops"] > 0
+    # the executed-FLOPs formula agrees with the matmul FLOPs counted op by op (norm weights,
+    # counted in P_body but never multiplied, are the only difference)
+    assert mfu["model_flops_executed"] == pytest.approx(mfu["model_flops_counted"], rel=0.02)
     gen = _load(quick_results, "generation")
     assert gen["summary"]["fp32"]["same_outputs"] is True
     for run in gen["runs"]["fp32"].values():
