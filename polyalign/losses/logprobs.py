@@ -142,6 +142,116 @@ def _unsupported_logit_scaling(config) -> str | None:
     return None
 
 
+def _fsdp_module_type() -> type | None:
+    """``torch.distributed.fsdp.FSDPModule`` (the class FSDP2's ``fully_shard`` mixes in), if present."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    return FSDPModule
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    fsdp = _fsdp_module_type()
+    return fsdp is not None and isinstance(model, fsdp)
+
+
+def runs_own_forward(model: nn.Module) -> bool:
+    """Whether ``model``'s own forward must run (rather than its decoder submodule's).
+
+    True for a distributed wrapper with a ``.module`` (DDP, DeepSpeed engine: they prepare the
+    gradient all-reduce in their forward) and for an FSDP2-sharded module (``fully_shard``: its
+    root unit, which holds the embeddings, final norm and LM head, is only all-gathered by the
+    root's own forward hook; calling the decoder directly fails with "got mixed torch.Tensor and
+    DTensor").
+    """
+    inner = getattr(model, "module", None)
+    if inner is not None and hasattr(inner, "get_output_embeddings"):
+        return True
+    return _is_fsdp(model)
+
+
+def _gathered_units(model: nn.Module, head: nn.Module) -> list[nn.Module]:
+    """FSDP2 units whose parameters are used *after* ``model``'s forward: the root (an MLC
+    extractor lives there) and the unit owning the LM head (the root, the head itself, or a
+    group such as accelerate's ``[final norm, LM head]``)."""
+    fsdp = _fsdp_module_type()
+    owner = None
+    for module in model.modules():  # pre-order: the last unit containing the head is the innermost
+        if isinstance(module, fsdp) and any(m is head for m in module.modules()):
+            owner = module
+    units = {id(u): u for u in (model, owner) if u is not None and isinstance(u, fsdp)}
+    return list(units.values())
+
+
+def reshard_after_scoring(model: nn.Module) -> None:
+    """FSDP2: reshard what :func:`model_hidden_states` kept gathered; a no-op for other models.
+
+    Call it after scoring *without* gradients once nothing needs the head (or an MLC extractor
+    in the root unit) any more: without a backward nothing else reshards them, and a gathered
+    root shows plain tensors instead of its sharded parameters to whatever reads the module
+    next (an optimizer built then would hold the wrong tensors; a state-dict save). After a
+    forward with gradients no call is needed: FSDP2 reshards in backward.
+    """
+    if _is_fsdp(model):
+        for unit in _gathered_units(model, model.get_output_embeddings()):
+            unit.reshard()
+
+
+def _keep_gathered_after_forward(model: nn.Module, head: nn.Module) -> None:
+    """FSDP2: keep the units of :func:`_gathered_units` gathered from the forward until backward.
+
+    torch leaves the root unsharded after forward by default, but not when
+    ``reshard_after_forward=True`` was passed for it explicitly; a head that is its own unit
+    reshards after forward by default (accelerate puts it in a ``[norm, head]`` group that does
+    not). They are set not to reshard after forward (torch's own choice for the root: backward
+    needs these parameters right away, and reshards them). After a forward without gradients,
+    see :func:`reshard_after_scoring`.
+    """
+    for unit in _gathered_units(model, head):
+        unit.set_reshard_after_forward(False, recurse=False)
+
+
+def model_hidden_states(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, all_layers: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, nn.Module | torch.Tensor, object]:
+    """One decoder forward: ``(last_hidden [N, T, H], hidden_states or None, lm_head, text_config)``.
+
+    ``last_hidden`` is after the final norm; ``hidden_states`` (HF indexing, ``[-1] ==
+    last_hidden``) only when ``all_layers``. A plain (or PEFT) model runs its decoder only
+    (``model.get_decoder()``, else ``model.model``): no logits at all. A model that must run
+    its own forward (:func:`runs_own_forward`: DDP, DeepSpeed, FSDP2) is called with
+    ``logits_to_keep=1`` (one position's logits, negligible) and ``output_hidden_states``.
+    ``lm_head`` is what :func:`sequence_logps` takes: the output-embedding module, or (FSDP2,
+    head sharded as its own unit) its gathered weight. Models that rescale logits
+    (``logit_scale`` etc.) are refused rather than scored wrongly.
+    """
+    wrapped = runs_own_forward(model)
+    inner = model.module if wrapped and hasattr(model, "module") else model
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    scaling = _unsupported_logit_scaling(config)
+    if scaling is not None:
+        raise UserError(f"models with a logit scaling ({scaling}) are not supported", field=scaling)
+    head = inner.get_output_embeddings()
+    if not wrapped:
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                      output_hidden_states=all_layers)
+        return out.last_hidden_state, (out.hidden_states if all_layers else None), head, config
+    fsdp = inner is model
+    if fsdp:
+        _keep_gathered_after_forward(model, head)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
+                use_cache=False)
+    if fsdp and isinstance(head, _fsdp_module_type()) and getattr(head, "bias", None) is None:
+        # A head that is an FSDP unit (accelerate's [norm, head] group) must not be called as a
+        # module again after the forward: its unit's backward bookkeeping then runs twice and
+        # the backward crashed (SIGSEGV, torch 2.13, gloo). Its gathered weight is used instead.
+        head = head.weight
+    # hidden_states[-1] == last_hidden_state (after the final norm) in transformers 5
+    return out.hidden_states[-1], (out.hidden_states if all_layers else None), head, config
+
+
 def model_sequence_logps(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -154,22 +264,15 @@ def model_sequence_logps(
 
     Works for any ``AutoModelForCausalLM`` whose decoder (``model.get_decoder()``, else
     ``model.model``) returns ``last_hidden_state`` after the final norm (Llama, Gemma-2,
-    Qwen-2, ...), including PEFT-wrapped ones (LoRA layers live inside the decoder). The LM
-    head is ``model.get_output_embeddings()``; Gemma-2's ``final_logit_softcapping`` is read
-    from the config. Models that rescale logits (``logit_scale`` etc.) are refused rather
-    than scored wrongly.
+    Qwen-2, ...), including PEFT-wrapped ones (LoRA layers live inside the decoder), and for
+    DDP / DeepSpeed / FSDP2-sharded models (through their own forward, see
+    :func:`model_hidden_states`). The LM head is ``get_output_embeddings()``; Gemma-2's
+    ``final_logit_softcapping`` is read from the config.
 
     Shapes: ``input_ids``, ``attention_mask``, ``response_mask``: ``[N, T]``.
     Returns ``(sum_logps [N], avg_logps [N], n_tokens [N], last_hidden [N, T, H])``.
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scaling = _unsupported_logit_scaling(config)
-    if scaling is not None:
-        raise UserError(f"models with a logit scaling ({scaling}) are not supported", field=scaling)
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    outputs = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    last_hidden = outputs.last_hidden_state
-    lm_head = model.get_output_embeddings()
+    last_hidden, _, lm_head, config = model_hidden_states(model, input_ids, attention_mask)
     sum_logps, avg_logps, n_tokens = sequence_logps(
         last_hidden,
         lm_head,
@@ -178,4 +281,6 @@ def model_sequence_logps(
         chunk_size=chunk_size,
         logit_softcap=getattr(config, "final_logit_softcapping", None),
     )
+    if not torch.is_grad_enabled():  # e.g. reference values: nothing uses the head after this
+        reshard_after_scoring(model)
     return sum_logps, avg_logps, n_tokens, last_hidden

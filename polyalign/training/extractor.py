@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from polyalign.errors import UserError
@@ -69,10 +68,11 @@ class MLCExtractor(nn.Module):
         """``[..., H] -> [..., D]`` float32 (not normalised)."""
         if hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"expected hidden states with last dim {self.hidden_size}, got {tuple(hidden.shape)}")
-        weight, bias = self.linear.weight, self.linear.bias
-        # Outside autocast: under bf16 autocast F.linear would silently run in bf16.
+        # Outside autocast: under bf16 autocast the linear map would silently run in bf16. Called
+        # as a module (not F.linear on its weight): DeepSpeed ZeRO-3 gathers a module's
+        # partitioned parameters only when that module itself is called.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return F.linear(hidden.to(weight.dtype), weight, bias)
+            return self.linear(hidden.to(self.linear.weight.dtype))
 
     def config_dict(self) -> dict[str, Any]:
         """The small JSON config written beside the weights."""

@@ -51,6 +51,7 @@ from polyalign.data.collate import collate_variants
 from polyalign.data.records import ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.variants import VariantReport, attach_variants
 from polyalign.errors import UserError
+from polyalign.losses.logprobs import runs_own_forward
 from polyalign.training.extractor import MLCExtractor
 
 log = logging.getLogger("polyalign.training")
@@ -84,13 +85,15 @@ def unwrap_policy(model: nn.Module) -> tuple[nn.Module, MLCExtractor | None]:
     """``(model to score, extractor or None)`` of what the Trainer hands to compute_loss.
 
     A distributed wrapper (``.module``: DDP, DeepSpeed engine) is kept as the model to score
-    so that its forward runs (gradient sync); a bare wrapper is replaced by its policy.
+    so that its forward runs (gradient sync), and so is an FSDP2-sharded wrapper (its root
+    unit, holding the policy's embeddings and head and the extractor, is gathered by its own
+    forward); a bare wrapper is replaced by its policy.
     """
     inner = model.__dict__.get("_modules", {}).get("module") if isinstance(model, nn.Module) else None
     if isinstance(inner, PolicyWithExtractor):
         return model, inner.mlc_extractor
     if isinstance(model, PolicyWithExtractor):
-        return model.policy, model.mlc_extractor
+        return (model if runs_own_forward(model) else model.policy), model.mlc_extractor
     return model, None
 
 

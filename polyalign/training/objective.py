@@ -43,7 +43,6 @@ import torch
 
 from polyalign.losses import (
     dpo_loss,
-    model_sequence_logps,
     mpo_loss,
     nll_loss,
     orpo_loss,
@@ -51,6 +50,7 @@ from polyalign.losses import (
     sequence_logps,
     simpo_loss,
 )
+from polyalign.losses.logprobs import model_hidden_states
 from polyalign.training.mlc import MLCResult, append_rows, mlc_term
 from polyalign.training.mlc_policy import unwrap_policy
 from polyalign.training.reference_cache import retention_pool_mask
@@ -98,11 +98,12 @@ def policy_logps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sum_logps, avg_logps, n_tokens, last_hidden)`` of the policy, one decoder forward.
 
-    A plain (or PEFT) model goes through :func:`~polyalign.losses.model_sequence_logps`. A
-    distributed wrapper (DDP, DeepSpeed engine) must see the forward call itself, otherwise it
-    never prepares its gradient all-reduce: the model is then called through the wrapper with
-    ``logits_to_keep=1`` (one position's logits, negligible) and ``output_hidden_states`` and the
-    response tokens are scored from the last hidden state with the unwrapped LM head.
+    A plain (or PEFT) model runs its decoder only and the response tokens are scored from the
+    last hidden state with the LM head, in chunks (:func:`~polyalign.losses.sequence_logps`).
+    A model whose own forward must run (:func:`~polyalign.losses.logprobs.runs_own_forward`:
+    DDP and the DeepSpeed engine prepare their gradient all-reduce there; an FSDP2-sharded
+    model gathers its root unit there) is called with ``logits_to_keep=1`` (one position's
+    logits, negligible) and ``output_hidden_states``, then scored the same way.
     """
     return policy_forward(model, input_ids, attention_mask, response_mask, chunk_size=chunk_size)[:4]
 
@@ -113,35 +114,11 @@ def policy_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`policy_logps` plus ``hidden_states[hidden_layer]`` (HF indexing; -1 = the last
     hidden state after the final norm) of all rows: ``[N, T, H]``, from the same forward."""
-    inner = getattr(model, "module", None)
-    if inner is None or not hasattr(inner, "get_output_embeddings"):
-        if hidden_layer == -1:
-            total, avg, n, hidden = model_sequence_logps(model, input_ids, attention_mask, response_mask,
-                                                         chunk_size=chunk_size)
-            return total, avg, n, hidden, hidden
-        from polyalign.losses.logprobs import _unsupported_logit_scaling
-
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        scaling = _unsupported_logit_scaling(config)
-        if scaling is not None:
-            from polyalign.errors import UserError
-
-            raise UserError(f"models with a logit scaling ({scaling}) are not supported", field=scaling)
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        states = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                         output_hidden_states=True)
-        hidden, head = states.last_hidden_state, model.get_output_embeddings()
-        layer_hidden = states.hidden_states[hidden_layer]
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1,
-                    use_cache=False)
-        hidden = out.hidden_states[-1]  # == last_hidden_state (after the final norm) in transformers 5
-        layer_hidden = out.hidden_states[hidden_layer]
-        config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
-        head = inner.get_output_embeddings()
+    hidden, states, head, config = model_hidden_states(model, input_ids, attention_mask,
+                                                       all_layers=hidden_layer != -1)
     total, avg, n = sequence_logps(hidden, head, input_ids, response_mask, chunk_size=chunk_size,
                                    logit_softcap=getattr(config, "final_logit_softcapping", None))
-    return total, avg, n, hidden, layer_hidden
+    return total, avg, n, hidden, hidden if states is None else states[hidden_layer]
 
 
 def _with_variants(

@@ -105,6 +105,24 @@ def _token_view(example: dict[str, Any]) -> Any:
     return [example["prompt_input_ids"], example["chosen_input_ids"], example["rejected_input_ids"]]
 
 
+def _full_parameters(model: torch.nn.Module) -> Any:
+    """A context in which ``model`` holds its full parameters.
+
+    DeepSpeed ZeRO-3 (any ``deepspeed:`` setting with ``zero_optimization.stage: 3``, also via
+    accelerate, whatever ``zero3_init_flag`` says: transformers then loads the model under
+    ``deepspeed.zero.Init``) hands over a policy whose parameters are already partitioned
+    (``ds_id``; the embedding weight has shape ``[0]``) but not yet inside the engine, so no hook
+    gathers them. They are gathered for the reference pass (read-only, every rank: the memory of
+    an unpartitioned model, before any optimizer state exists) and partitioned again after.
+    """
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+
 @torch.no_grad()
 def compute_reference_values(
     model: torch.nn.Module, dataset: Any, method: str, *, pad_token_id: int, batch_size: int = 8,
@@ -119,23 +137,24 @@ def compute_reference_values(
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {}
     try:
-        for start in range(0, len(dataset), batch_size):
-            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            if method == "mpo":
-                examples = [e["dominant"] for e in examples]
-            batch = collate_preference(examples, pad_token_id)
-            n = len(examples)
-            tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
-            total, avg, _, hidden = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
-            REFERENCE_FORWARD_CALLS += 1
-            values = {"ref_chosen_logps": total[:n], "ref_rejected_logps": total[n:],
-                      "ref_chosen_avg_logps": avg[:n], "ref_rejected_avg_logps": avg[n:]}
-            if method == "mpo":
-                mask = retention_pool_mask({"attention_mask": tensors["attention_mask"]}, pooling)
-                pooled = pool_hidden(hidden, mask, "masked_mean")
-                values.update(ref_chosen_pooled=pooled[:n], ref_rejected_pooled=pooled[n:])
-            for k, v in values.items():
-                out.setdefault(k, []).append(v.detach().float().cpu())
+        with _full_parameters(model):  # DeepSpeed ZeRO-3: see _full_parameters
+            for start in range(0, len(dataset), batch_size):
+                examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                if method == "mpo":
+                    examples = [e["dominant"] for e in examples]
+                batch = collate_preference(examples, pad_token_id)
+                n = len(examples)
+                tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
+                total, avg, _, hidden = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
+                REFERENCE_FORWARD_CALLS += 1
+                values = {"ref_chosen_logps": total[:n], "ref_rejected_logps": total[n:],
+                          "ref_chosen_avg_logps": avg[:n], "ref_rejected_avg_logps": avg[n:]}
+                if method == "mpo":
+                    mask = retention_pool_mask({"attention_mask": tensors["attention_mask"]}, pooling)
+                    pooled = pool_hidden(hidden, mask, "masked_mean")
+                    values.update(ref_chosen_pooled=pooled[:n], ref_rejected_pooled=pooled[n:])
+                for k, v in values.items():
+                    out.setdefault(k, []).append(v.detach().float().cpu())
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in out.items()}

@@ -27,6 +27,7 @@ import torch
 from transformers import Trainer
 
 from polyalign.data.collate import LengthGroupedSampler
+from polyalign.losses.logprobs import reshard_after_scoring
 from polyalign.training.callbacks import check_finite_loss
 from polyalign.training.mlc import should_apply
 from polyalign.training.mlc_policy import PolicyWithExtractor, extractor_from_state, split_state_dict
@@ -82,6 +83,7 @@ class PolyalignTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
+        reshard_after_scoring(model)  # FSDP2: no backward follows to reshard the root unit
         return loss.detach(), None, None
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
