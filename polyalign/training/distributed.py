@@ -3,7 +3,9 @@
 - :func:`resolve_resume` turns ``resume_from_checkpoint`` into what ``Trainer.train`` takes.
   ``auto`` (or ``latest``) means: the newest *complete* ``checkpoint-N`` folder in
   ``output_dir`` (one whose ``trainer_state.json`` parses, the file transformers writes last
-  when it saves a checkpoint), or a fresh start when there is none. A checkpoint cut short by a
+  when it saves a checkpoint, and that holds model weights: ``*.safetensors``, or for FSDP's
+  ``SHARDED_STATE_DICT`` a ``pytorch_model_fsdp_0/`` folder with its ``.metadata``), or a
+  fresh start when there is none. A checkpoint cut short by a
   crash (no or unreadable ``trainer_state.json``) is skipped with a warning, never loaded.
 - :func:`write_rank_report` writes ``<output_dir>/ranks/rank-<i>.json`` on every process:
   its index, the number of processes, accelerate's distributed type (``NO``, ``MULTI_CPU``,
@@ -55,7 +57,11 @@ def _checkpoint_is_complete(path: Path) -> bool:
         json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return True
+    # FSDP with SHARDED_STATE_DICT writes no top-level weights file, only torch.distributed.checkpoint
+    # folders (pytorch_model_fsdp_0/), whose .metadata the coordinator writes after every shard.
+    return any(p.is_dir() and (p / ".metadata").is_file() for p in path.glob("pytorch_model_fsdp_*"))
 
 
 def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
@@ -70,7 +76,7 @@ def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
         complete, incomplete = complete_checkpoints(output_dir)
         newer = [p for p in incomplete if not complete or _step(p) > _step(complete[-1])]
         for path in newer:
-            log.warning("skipping incomplete checkpoint %s (no readable trainer_state.json)", path)
+            log.warning("skipping incomplete checkpoint %s (no readable trainer_state.json or no model weights)", path)
         if not complete:
             log.info("resume: auto: no complete checkpoint in %s, starting fresh", output_dir)
             return None
@@ -83,8 +89,8 @@ def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
         raise UserError("no such checkpoint folder (use 'auto' to pick the latest one in output_dir)",
                         file=path, field="resume_from_checkpoint")
     if not _checkpoint_is_complete(path):
-        raise UserError("incomplete checkpoint: trainer_state.json missing or unreadable", file=path,
-                        field="resume_from_checkpoint")
+        raise UserError("incomplete checkpoint: trainer_state.json missing or unreadable, or no model weights",
+                        file=path, field="resume_from_checkpoint")
     return str(path)
 
 

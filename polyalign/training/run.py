@@ -224,7 +224,12 @@ def save_run(trainer: Any, config: PolyalignConfig, run_info: dict[str, Any]) ->
     """Write ``<output_dir>/final`` atomically (temporary folder, then rename)."""
     final = Path(config.output_dir) / "final"
     tmp = Path(config.output_dir) / f".final.tmp-{os.getpid()}"
-    trainer.save_model(str(tmp))  # every process calls it (ZeRO-3 gathers); only the main one writes
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        # Under SHARDED_STATE_DICT (accelerate's default for FSDP2) Trainer.save_model writes no
+        # weights at all: final/ must hold a loadable model, so gather it (checkpoints stay sharded).
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(tmp))  # every process calls it (ZeRO-3, FSDP gather); only the main one writes
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; polyalign_config.yaml replaces it
     if not trainer.is_world_process_zero():
         return final

@@ -14,7 +14,8 @@ checkpointing, resume, logging integrations) is the stock Trainer. What changes:
   :class:`~polyalign.training.mlc_policy.PolicyWithExtractor`; :meth:`compute_loss` passes
   ``apply_mlc = should_apply(global_step, mlc_every)`` (always in evaluation), :meth:`_save`
   writes the inner model as usual (``save_pretrained``: full weights or PEFT adapters) and the
-  extractor to ``mlc_extractor/`` beside it, and :meth:`_load_from_checkpoint` restores both.
+  extractor to ``mlc_extractor/`` beside it, and :meth:`_load_from_checkpoint` restores both
+  (under FSDP from the FSDP checkpoint of the whole wrapper).
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class PolyalignTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         target = model if model is not None else self.model
         if not isinstance(target, PolicyWithExtractor):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.is_fsdp_enabled:
+            # FSDP checkpoints (pytorch_model_fsdp*) hold the whole sharded wrapper, extractor
+            # included: loading them into the inner policy fails on the "policy." keys.
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         super()._load_from_checkpoint(resume_from_checkpoint, target.policy)
         from polyalign.training.extractor import MLCExtractor

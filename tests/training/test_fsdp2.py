@@ -21,17 +21,13 @@ Tolerances (as in the DDP test, tests/faults/test_faults_multiprocess.py): every
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from polyalign.data.records import Message, ParallelPair, PromptVariants
-from polyalign.data.writers import write_canonical
-from training_helpers import REPO, make_pairs
+from fsdp2_helpers import (FSDP_CONFIG, STEPS, max_diff, recipe, run_env, torchrun, train_fsdp2, train_one_process,
+                           weights, write_data)
 
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch.distributed (FSDP2)")
 
@@ -39,39 +35,12 @@ WORKER = Path(__file__).with_name("fsdp2_worker.py")
 LOSS_ATOL = 1e-5
 PARAM_ATOL = 2e-5
 REF_ATOL = 1e-5
-STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _data(tmp: Path) -> dict[str, Path]:
-    pairs = make_pairs(16)
-    # Distinct prompts per example (the index), so every example has its own lengths and values.
-    pairs = [p.__class__(id=p.id, prompt=(Message("user", f"{p.prompt[0].content} ({i})"),),
-                         chosen=p.chosen + " ok" * (i % 3), rejected=p.rejected, language="en")
-             for i, p in enumerate(pairs)]
-    write_canonical(pairs, tmp / "pairs.jsonl")
-    target = make_pairs(19, "de", "t")[3:]  # other texts than the dominant ones: the reward gaps differ
-    write_canonical([ParallelPair(id=f"m{i}", dominant=d, target=t) for i, (d, t) in enumerate(zip(pairs, target))],
-                    tmp / "parallel.jsonl")
-    words = {"fr": "Question", "de": "Frage", "ru": "Vopros"}
-    write_canonical([PromptVariants(id=p.id, prompts={lang: (Message("user", f"{w} {i}: {p.prompt[0].content}"),)
-                                                      for lang, w in words.items()})
-                     for i, p in enumerate(pairs)], tmp / "variants.jsonl")
-    return {"pairs": tmp / "pairs.jsonl", "parallel": tmp / "parallel.jsonl", "variants": tmp / "variants.jsonl"}
 
 
 def _run_worker(tmp: Path, spec: dict, **env_extra: str) -> dict:
     (tmp / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO), **env_extra)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp / "spec.json"),
-                           str(tmp / "out.json")], cwd=tmp, capture_output=True, text=True, env=env, timeout=400)
+    proc = subprocess.run(torchrun(WORKER, str(tmp / "spec.json"), str(tmp / "out.json")), cwd=tmp,
+                          capture_output=True, text=True, env=run_env(**env_extra), timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((tmp / "out.json").read_text())
 
@@ -87,7 +56,7 @@ def _settings(tiny_ckpt: Path, data: dict[str, Path], tmp: Path, name: str, **ex
 @pytest.fixture(scope="module")
 def fsdp_results(tiny_ckpt, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("fsdp2")
-    data = _data(tmp)
+    data = write_data(tmp)
 
     def settings(name: str, **extra) -> dict:
         return _settings(tiny_ckpt, data, tmp, name, **extra)
@@ -156,7 +125,7 @@ def test_zero3_gradients_match_one_process(tiny_ckpt, tmp_path):
     reference pass over a model partitioned without an engine (``zero.Init(module=...)``, as
     transformers loads it under ZeRO-3) gives the plain model's values."""
     pytest.importorskip("deepspeed", reason="needs deepspeed (pip install deepspeed==0.19.8)")
-    data = _data(tmp_path)
+    data = write_data(tmp_path)
     mlc = {"mlc_weight": 0.8, "mlc_every": 1, "nll_weight": 0.3, "variants_file": str(data["variants"])}
     cases = {"dpo": {}, "mpo": {"method": "mpo", "train_file": str(data["parallel"])}, "dpo_mlc": mlc}
     spec = {"cases": [{"name": name, "layout": "zero3", "global_batch": 8,
@@ -174,57 +143,22 @@ def test_zero3_gradients_match_one_process(tiny_ckpt, tmp_path):
 
 # -- through the Trainer (polyalign train) ------------------------------------------------------------
 
-LAUNCH = Path(__file__).with_name("fsdp2_launch.py")
-FSDP_CONFIG = {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True,
-               "state_dict_type": "FULL_STATE_DICT"}
-
-
-def _recipe(path: Path, **settings) -> Path:
-    import yaml
-
-    base = {"detect_language": False, "max_examples": None, "max_length": 96, "max_prompt_length": 48,
-            "learning_rate": 1e-3, "max_steps": STEPS, "logging_steps": 1, "per_device_eval_batch_size": 8,
-            "save_strategy": "no", "use_cpu": True, "bf16": False, "report_to": []}
-    recipe = {**yaml.safe_load((REPO / "recipes" / "tiny_cpu_mpo.yaml").read_text()), **base, **settings}
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 def _trainer_pair(tmp: Path, ckpt: Path, data: Path, **settings) -> tuple[Path, Path]:
     # eval_file: the final per-language evaluation (prediction_step, no grad) runs before the save.
     common = {"model_name_or_path": str(ckpt), "train_file": str(data), "eval_file": str(data), **settings}
-    single = _recipe(tmp / "single.yaml", output_dir=str(tmp / "single"), reference_cache_dir=str(tmp / "c1"),
-                     per_device_train_batch_size=8, **common)
-    multi = _recipe(tmp / "multi.yaml", output_dir=str(tmp / "multi"), reference_cache_dir=str(tmp / "c2"),
-                    per_device_train_batch_size=4, fsdp=True, fsdp_config=FSDP_CONFIG, **common)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO))
-    one = subprocess.run([sys.executable, "-m", "polyalign", "train", "--config", str(single)], cwd=tmp,
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), str(LAUNCH), "train", "--config",
-                          str(multi)],
-                         cwd=tmp, capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    single = recipe(tmp / "single.yaml", output_dir=str(tmp / "single"), reference_cache_dir=str(tmp / "c1"),
+                    per_device_train_batch_size=8, **common)
+    multi = recipe(tmp / "multi.yaml", output_dir=str(tmp / "multi"), reference_cache_dir=str(tmp / "c2"),
+                   per_device_train_batch_size=4, fsdp=True, fsdp_config=FSDP_CONFIG, **common)
+    train_one_process(single, tmp)
+    train_fsdp2(multi, tmp)
     return tmp / "single", tmp / "multi"
-
-
-def _weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["dpo", "mpo", "dpo_mlc"])
 def test_fsdp2_trainer_matches_one_process(tiny_ckpt, tmp_path, case):
-    data = _data(tmp_path)
+    data = write_data(tmp_path)
     settings = {"dpo": {"method": "dpo"},
                 "mpo": {"method": "mpo", "retain_alpha": 1.0, "mpo_beta": 1.0},
                 "dpo_mlc": {"method": "dpo", "mlc_weight": 0.8, "mlc_every": 1, "nll_weight": 0.3,
@@ -243,9 +177,9 @@ def test_fsdp2_trainer_matches_one_process(tiny_ckpt, tmp_path, case):
     evals = [json.loads((out / "final" / "run_info.json").read_text())["metrics"] for out in (single, multi)]
     keys = [k for k in evals[0] if k.startswith("eval_") and k.endswith("_loss")]
     assert keys and all(abs(evals[0][k] - evals[1][k]) <= LOSS_ATOL for k in keys), (keys, evals)
-    w1, w2 = _weights(single / "final"), _weights(multi / "final")
-    assert _max_diff(w1, _weights(tiny_ckpt)) > 1e-3  # training moved the weights: the comparison is not vacuous
-    assert _max_diff(w1, w2) <= PARAM_ATOL
+    w1, w2 = weights(single / "final"), weights(multi / "final")
+    assert max_diff(w1, weights(tiny_ckpt)) > 1e-3  # training moved the weights: the comparison is not vacuous
+    assert max_diff(w1, w2) <= PARAM_ATOL
     if "mlc" in case:
-        e1, e2 = (_weights(out / "final" / "mlc_extractor") for out in (single, multi))
-        assert _max_diff(e1, e2) <= PARAM_ATOL
+        e1, e2 = (weights(out / "final" / "mlc_extractor") for out in (single, multi))
+        assert max_diff(e1, e2) <= PARAM_ATOL
