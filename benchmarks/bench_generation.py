@@ -1,10 +1,11 @@
-"""Benchmark 5: evaluation generation, the harness (``HFGenerator``, batched, left-padded,
-length-sorted) vs a naive loop calling ``model.generate`` once per prompt.
+"""Benchmark 5: evaluation generation, the harness (``HFGenerator`` at its default batch size:
+length-sorted batches, grouped prefill, static KV cache, batched decode) vs a naive loop
+calling ``model.generate`` once per prompt (same settings, no padding, default cache).
 
-Greedy decoding, ``max_new_tokens`` per size, the same prompts (random words of varied
-lengths, raw-text mode). Tokens/s = generated tokens (up to and including EOS) / wall time of
-generating all prompts; one timed call = all prompts. Both report their decoded texts'
-fingerprint so ``run_all`` can say whether the outputs agree.
+Greedy decoding, ``max_new_tokens`` per size, the same prompts for both (random words of
+varied lengths, raw-text mode). Tokens/s = generated tokens (up to and including EOS) / wall
+time of generating all prompts; one timed call = all prompts. Both report their decoded
+texts' fingerprint so ``run_all`` can say whether the outputs agree.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def run(args: Any) -> dict[str, Any]:
     tok = common.build_tokenizer()
     model = common.build_model(args.size, args.dtype, tok).eval()
     settings = GenerationSettings(max_new_tokens=s["gen_new"], chat_template=False)
-    generator = HFGenerator(model, tok, settings, batch_size=s["gen_batch"])
+    generator = HFGenerator(model, tok, settings, **({"batch_size": s["gen_batch"]} if s["gen_batch"] else {}))
+    batch = generator.batch_size
     tasks = make_tasks(tok, _prompts(args.size), settings)
     eos = sorted(generator.eos_ids)
 
     def harness() -> dict[str, Any]:
-        records = [r for batch in make_batches(tasks, s["gen_batch"]) for r in generator.generate_batch(batch)]
+        records = [r for rows in make_batches(tasks, batch) for r in generator.generate_batch(rows)]
         return {r["id"]: (r["text"], r["n_tokens"]) for r in records}
 
     def naive() -> dict[str, Any]:
@@ -66,7 +68,8 @@ def run(args: Any) -> dict[str, Any]:
     last = outputs[-1]
     generated = sum(n for _, n in last.values())
     digest = hashlib.sha256("\n".join(f"{k}\t{last[k][0]}" for k in sorted(last)).encode()).hexdigest()[:16]
-    result = {"bench": "generation", "prompts": len(tasks), "max_new_tokens": s["gen_new"], "batch_size": s["gen_batch"],
+    result = {"bench": "generation", "prompts": len(tasks), "max_new_tokens": s["gen_new"], "batch_size": batch,
+              "grouped_prefill": generator.grouped_prefill,
               "generated_tokens": generated, "tokens_per_s": generated / timing["median_s"], **timing,
               "outputs_sha": digest,
               "peak_rss_mb": common.peak_rss_mb(), "params": common.count_params(model)}

@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chat-template", dest="chat_template", action="store_true", default=None, help="render prompts with the chat template")
     p.add_argument("--no-chat-template", dest="chat_template", action="store_false", help="continue the raw prompt text")
     p.add_argument("--system-prompt")
-    p.add_argument("--batch-size", type=int, default=8, help="generation batch size (does not change outputs; default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="generation batch size (does not change outputs; default 32 for hf, 256 for vllm)")
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1")

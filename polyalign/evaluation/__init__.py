@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_benchmark": "polyalign.evaluation.benchmarks",
     "GenerationSettings": "polyalign.evaluation.generation",
     "HFGenerator": "polyalign.evaluation.generation",
-    "VLLMGenerator": "polyalign.evaluation.generation",
+    "VLLMGenerator": "polyalign.evaluation.generation_vllm",
     "JsonlStore": "polyalign.evaluation.store",
     "evaluate": "polyalign.evaluation.run",
 }

@@ -33,7 +33,7 @@ from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
 from polyalign.evaluation.fingerprints import data_fingerprint, model_fingerprint, redact
-from polyalign.evaluation.generation import HFGenerator, VLLMGenerator
+from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
 from polyalign.evaluation.stages import build_judge, generate_and_judge, generation_settings, load_model, log
 from polyalign.evaluation.metrics import summarize
@@ -66,7 +66,7 @@ def evaluate(
     top_p: float | None = None,
     chat_template: bool | None = None,
     system_prompt: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     judge_batch_size: int = 32,
     backend: str = "hf",
     dtype: Any = None,
@@ -139,6 +139,9 @@ def evaluate(
 
     was_training = False
     if backend == "vllm":
+        from polyalign.evaluation.generation_vllm import DEFAULT_VLLM_BATCH_SIZE, VLLMGenerator
+
+        batch_size = batch_size or DEFAULT_VLLM_BATCH_SIZE
         if not isinstance(model_or_path, (str, Path)):
             raise UserError("the vLLM backend needs a model path, not an in-memory model", field="backend")
         generator: Any = VLLMGenerator(str(model_or_path), settings, batch_size=batch_size, adapter=str(adapter) if adapter else None,
@@ -147,6 +150,7 @@ def evaluate(
         model_fp = {"source": str(model_or_path), "adapter": str(adapter) if adapter else None, "backend": "vllm",
                     "identity": {"path_or_id": str(model_or_path)}}
     else:
+        batch_size = batch_size or DEFAULT_BATCH_SIZE
         was_training = bool(getattr(model_or_path, "training", False))  # an in-memory model gets its mode back
         model, tok, source = load_model(model_or_path, tokenizer, adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         generator = HFGenerator(model, tok, settings, batch_size=batch_size) if settings is not None else None

@@ -212,7 +212,7 @@ def test_row_seed_formula():
 def test_vllm_backend_absent_is_a_user_error():
     import importlib.util
 
-    from polyalign.evaluation.generation import VLLMGenerator
+    from polyalign.evaluation.generation_vllm import VLLMGenerator
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
