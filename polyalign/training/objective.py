@@ -18,9 +18,10 @@ MPO ``reward_gap/target``, ``reward_gap/dominant``, ``reward_gap/abs_diff`` =
 ``|mpo_beta * RG_t - RG_d|``), and ``<lang>/loss`` (the method's main per-example term; the overall ``loss`` is the Trainer's).
 
 One policy forward per step: chosen and rejected rows are already one ``[2B, T]`` batch; for
-MPO the dominant pair's rows are appended to the target pair's rows and have an all-zero
-response mask, so they are never projected through the LM head (their hidden states feed the
-retention term only).
+MPO the dominant pair's rows have an all-zero response mask, so they are never projected
+through the LM head (their hidden states feed the retention term only); they are appended to
+the target pair's rows under a distributed wrapper and with MLC, and run as a second forward
+at their own width for a plain model (see ``_mpo_forward``).
 
 MLC (any method, ``mlc_weight > 0``): the term ``mlc`` (weight ``mlc_weight``) is
 :func:`polyalign.training.mlc.mlc_term` on the prompt-variant rows, which are appended to the
@@ -50,7 +51,7 @@ from polyalign.losses import (
     sequence_logps,
     simpo_loss,
 )
-from polyalign.losses.logprobs import model_hidden_states
+from polyalign.losses.logprobs import model_hidden_states, runs_own_forward
 from polyalign.training.mlc import MLCResult, append_rows, mlc_term
 from polyalign.training.mlc_policy import unwrap_policy
 from polyalign.training.reference_cache import retention_pool_mask
@@ -251,33 +252,51 @@ def _finish(out: ObjectiveOutput, terms: dict[str, torch.Tensor], weights: dict[
     return out
 
 
+def _mpo_forward(model: torch.nn.Module, batch: dict[str, Any], config: Any, pad_token_id: int, extractor: Any,
+                 with_mlc: bool) -> tuple[torch.Tensor, torch.Tensor, MLCResult | None]:
+    """``(avg_logps of the target rows [2B], last hidden states of the dominant rows [2B, T_d, H],
+    MLC result or None)``.
+
+    Dominant rows get no response tokens: the chunked scorer never projects them. A model that
+    must run its own forward (DDP, DeepSpeed, FSDP2: one forward per backward) and any MLC step
+    get one forward of target + dominant (+ variant) rows padded to a common width. A plain
+    model runs the two pairs as two forwards at their own widths instead: the same values,
+    without decoding the shorter pair's padding (target languages often tokenise 2-3x longer
+    than the dominant one).
+    """
+    target, dominant = batch["target"], batch["dominant"]
+    no_response = dict(dominant, response_mask=torch.zeros_like(dominant["response_mask"]))
+    chunk = config.logps_chunk_size
+    if not with_mlc and not runs_own_forward(model):
+        avg = policy_forward(model, *(target[k] for k in _SEQ_KEYS), chunk_size=chunk)[1]
+        hidden = policy_forward(model, *(no_response[k] for k in _SEQ_KEYS), chunk_size=chunk)[3]
+        return avg, hidden, None
+    width = max(target["input_ids"].shape[1], dominant["input_ids"].shape[1])
+    pads = {"input_ids": pad_token_id, "attention_mask": 0, "response_mask": 0}
+    joined = [torch.cat([_pad_to(target[k], width, pads[k]), _pad_to(no_response[k], width, pads[k])])
+              for k in _SEQ_KEYS]
+    rows, pair_rows = target["input_ids"].shape[0], joined[0].shape[0]
+    if with_mlc:  # target pair + dominant pair + variants: still one forward
+        joined = _with_variants(joined, batch, pad_token_id)
+    _, avg, _, hidden, layer_hidden = policy_forward(model, *joined, chunk_size=chunk,
+                                                     hidden_layer=extractor.layer if with_mlc else -1)
+    mlc = _mlc(layer_hidden, joined[1], pair_rows, batch, extractor, config) if with_mlc else None
+    return avg[:rows], hidden[rows:pair_rows, : dominant["input_ids"].shape[1]], mlc
+
+
 def _mpo(model: torch.nn.Module, batch: dict[str, Any], config: Any, weights: dict[str, float],
          pad_token_id: int, extractor: Any = None, with_mlc: bool = False) -> ObjectiveOutput:
     target, dominant = batch["target"], batch["dominant"]
-    width = max(target["input_ids"].shape[1], dominant["input_ids"].shape[1])
-    pads = {"input_ids": pad_token_id, "attention_mask": 0, "response_mask": 0}
-    # Dominant rows get no response tokens: the chunked scorer never projects them.
-    joined = [
-        torch.cat([_pad_to(target[k], width, pads[k]),
-                   _pad_to(torch.zeros_like(dominant[k]) if k == "response_mask" else dominant[k], width, pads[k])])
-        for k in _SEQ_KEYS
-    ]
-    pair_rows = joined[0].shape[0]
-    if with_mlc:  # target pair + dominant pair + variants: still one forward
-        joined = _with_variants(joined, batch, pad_token_id)
-    _, avg, _, hidden, layer_hidden = policy_forward(model, *joined, chunk_size=config.logps_chunk_size,
-                                                     hidden_layer=extractor.layer if with_mlc else -1)
-    mlc = _mlc(layer_hidden, joined[1], pair_rows, batch, extractor, config) if with_mlc else None
+    avg, dom_hidden, mlc = _mpo_forward(model, batch, config, pad_token_id, extractor, with_mlc)
     rows = target["input_ids"].shape[0]
     b = rows // 2
     langs = list(target["languages"])
     dc = dominant["ref_avg_logps"][:b].to(avg.device)
     dr = dominant["ref_avg_logps"][b:].to(avg.device)
     per_example = mpo_loss(avg[:b], avg[b:rows], dc, dr, beta=config.mpo_beta)
-    dom_hidden = hidden[rows:pair_rows, : dominant["input_ids"].shape[1]]
-    pool_mask = retention_pool_mask({"attention_mask": dominant["attention_mask"].to(hidden.device)},
+    pool_mask = retention_pool_mask({"attention_mask": dominant["attention_mask"].to(dom_hidden.device)},
                                     config.retain_pooling)
-    retention = retention_loss(dom_hidden, dominant["ref_pooled"].to(hidden.device), pool_mask, pooling="masked_mean")
+    retention = retention_loss(dom_hidden, dominant["ref_pooled"].to(dom_hidden.device), pool_mask, pooling="masked_mean")
     out = ObjectiveOutput(loss=torch.zeros((), device=avg.device))
     out.add("loss", per_example, langs, overall=False)
     gap_t = (avg[:b] - avg[b:rows]).detach()

@@ -196,8 +196,9 @@ def test_mpo_with_mlc_forwards_target_dominant_and_variants_together(shared_data
     assert report["languages"][0] == "en" and report["too_few"] == 0 and report["missing"]["en"] == 0
     n_langs = len(report["languages"])
     assert sum(report["missing"].values()) == 12 * (n_langs - 2)
-    # One forward per step: 2B target + 2B dominant rows (+ 2 variants per example on MLC steps).
-    assert counter.rows == [16 + 8, 16, 16 + 8, 16]
+    # MLC steps: one forward of 2B target + 2B dominant rows + 2 variants per example; other steps
+    # (a plain model): the target and dominant pairs as two forwards at their own widths.
+    assert counter.rows == [16 + 8, 8, 8, 16 + 8, 8, 8]
     logged = steps(info)
     assert [e["step"] for e in logged if "mlc/loss" in e] == [1, 3]
     for entry in logged:

@@ -89,3 +89,46 @@ def test_mpo_terms_at_initialisation(setup, pooling, tmp_path):
     finally:
         with torch.no_grad():
             model.model.norm.weight.div_(1.1)
+
+
+class _OwnForwardWrapper(torch.nn.Module):
+    """The calling convention of DDP / the DeepSpeed engine (``.module``, scoring through the
+    wrapper's forward): makes ``compute_objective`` take the one-concatenated-forward MPO path."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("pooling", ["masked_mean", "unmasked_mean"])
+def test_mpo_two_forwards_equal_one_joined_forward(setup, pooling, tmp_path):
+    """A plain model runs the target and dominant pairs as two forwards at their own widths; a
+    wrapped one pads them to one width and runs once. Same terms, same gradients (the target pair
+    here is wider than the dominant pair, so the joined forward really pads)."""
+    tok, _, examples = setup
+    model = build_tiny_model("llama", tok, seed=7)
+    config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": pooling, "mpo_beta": 1.5})
+    dataset = ExampleDataset([{**e, "dominant": dict(e["dominant"])} for e in examples])
+    reference = build_tiny_model("llama", tok, seed=8)  # a different model: non-zero retention
+    values = rc.compute_reference_values(reference, dataset, "mpo", pad_token_id=tok.pad_token_id, pooling=pooling)
+    rc.attach_values(dataset, dataset.ids, values, "mpo")
+    batch = collate_mpo(dataset.examples, tok.pad_token_id)
+    assert batch["target"]["input_ids"].shape[1] != batch["dominant"]["input_ids"].shape[1]
+
+    grads = []
+    outs = []
+    for scored in (model, _OwnForwardWrapper(model)):
+        model.zero_grad(set_to_none=True)
+        out = compute_objective(scored, batch, config, tok.pad_token_id)
+        out.loss.backward()
+        outs.append(out)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert outs[0].terms["retention"] > 1e-6 and outs[0].terms["mpo_gap"] > 0
+    for name in ("mpo_gap", "retention"):
+        assert outs[0].terms[name] == pytest.approx(outs[1].terms[name], rel=1e-5, abs=1e-9)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][key], atol=1e-6, rtol=1e-4)
