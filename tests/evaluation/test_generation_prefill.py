@@ -20,16 +20,11 @@ from polyalign.evaluation.generation import (
 )
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
-TEXTS = [
-    "Hello there, how are you today?",
-    "今天我们去图书馆读书。",
-    "a",
-    "The quick brown fox jumps over the lazy dog, again and again and again.",
-    "هذه جملة عربية للاختبار.",
-    "Это тестовое предложение.",
-    "ok",
-    "Two words",
-]
+from test_generation import TEXTS as GENERATION_TEXTS  # noqa: E402
+from test_generation import _prompts as prompts_of  # noqa: E402
+
+# the generation tests' prompts (several scripts, a 1-token one) plus two short ones
+TEXTS = GENERATION_TEXTS + ["ok", "Two words"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def model(tok):
 
 
 def _prompts(texts=TEXTS):
-    return [EvalPrompt(id=f"p{i}", language="en", text=t, benchmark="test") for i, t in enumerate(texts)]
+    return prompts_of(texts)
 
 
 def _partitions(items: list[int]):
