@@ -3,7 +3,7 @@
 Everything here works without a network: the tokenizer is a byte-level BPE trained in a
 fraction of a second on ``polyalign/assets/tiny_corpus.txt`` (self-written sentences in
 ~30 languages and every script the shared data sets use), and the tiny Llama / Gemma-2 /
-Qwen-2 models are built from config with random (seeded) weights. Tests, the toy world
+Gemma-3 / Qwen-2 models are built from config with random (seeded) weights. Tests, the toy world
 and the demo use them in place of real checkpoints.
 
 Tokenizer conventions (chosen so every layer sees the same token sequences):
@@ -34,6 +34,8 @@ from transformers import (
     AutoTokenizer,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -61,7 +63,11 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' ~ '\\n' }}{%- endif -%}"
 )
 
-ARCHITECTURES = ("llama", "gemma2", "qwen2")
+ARCHITECTURES = ("llama", "gemma2", "gemma3", "qwen2")
+
+#: Tiny Gemma-3's sliding window, in tokens: short, so test prompts (10-60 tokens) cross it
+#: and the sliding layers really differ from the global ones.
+GEMMA3_SLIDING_WINDOW = 8
 
 
 def _corpus_lines() -> list[str]:
@@ -150,10 +156,21 @@ def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerBase, **di
         return Gemma2Config(
             **common, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=256, tie_word_embeddings=True
         )
+    if arch == "gemma3":
+        # Gemma-3 (text): sliding-window and global layers alternate (the real 270M model has
+        # 5 sliding : 1 global; here every second layer is global, so two layers have one of each),
+        # gated-GELU MLP, q/k norms, scaled and tied embeddings, no soft-capping.
+        layer_types = ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(dims["num_layers"])]
+        return Gemma3TextConfig(
+            **common, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=GEMMA3_SLIDING_WINDOW,
+            layer_types=layer_types, tie_word_embeddings=True,
+        )
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
-_MODEL_CLASSES = {"llama": LlamaForCausalLM, "gemma2": Gemma2ForCausalLM, "qwen2": Qwen2ForCausalLM}
+_MODEL_CLASSES = {
+    "llama": LlamaForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM, "qwen2": Qwen2ForCausalLM,
+}
 
 
 def build_tiny_model(
@@ -172,7 +189,9 @@ def build_tiny_model(
 
     ``vocab_size`` defaults to ``len(tokenizer)``; the tokenizer defaults to
     :func:`build_tiny_tokenizer`. The same ``seed`` gives bit-identical weights; the global
-    torch RNG state is left untouched. ~0.14-0.2 M parameters with the defaults.
+    torch RNG state is left untouched. ~0.14-0.2 M parameters with the defaults. Gemma-3
+    defaults to one key/value head (as the real 270M model) and alternates sliding-window
+    (:data:`GEMMA3_SLIDING_WINDOW` tokens) and global layers.
     """
     if arch not in _MODEL_CLASSES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -186,7 +205,7 @@ def build_tiny_model(
         hidden_size=hidden_size,
         num_layers=num_layers,
         num_heads=num_heads,
-        num_kv_heads=num_kv_heads or num_heads,
+        num_kv_heads=num_kv_heads or (1 if arch == "gemma3" else num_heads),
         intermediate_size=intermediate_size,
     )
     # Eager attention: Gemma-2's logit soft-capping needs it, and it is exact with left padding.

@@ -191,3 +191,32 @@ def test_pickle_weights_are_refused(tmp_path):
     torch.save(model.state_dict(), out / "pytorch_model.bin")  # a pickle checkpoint only
     with pytest.raises(UserError, match="cannot load model"):
         load_model_and_tokenizer(out)
+
+
+def test_gemma3_hybrid_layers_tied_head_and_gated_gelu(tok):
+    from polyalign.models import GEMMA3_SLIDING_WINDOW as window
+
+    model = build_tiny_model("gemma3", tok, num_layers=4)
+    cfg = model.config
+    assert cfg.model_type == "gemma3_text" and cfg.num_key_value_heads == 1
+    assert cfg.layer_types == ["sliding_attention", "full_attention"] * 2
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    # The sliding window is really short: changing token 0 of a 3*window-token text changes
+    # block 1's output (a sliding layer) at positions 0..window-1 only, but the global
+    # block 2's output everywhere (it sees token 0 from every position).
+    ids = torch.randint(10, len(tok), (1, 3 * window), generator=torch.Generator().manual_seed(0))
+    other = ids.clone()
+    other[0, 0] = 7 if int(ids[0, 0]) != 7 else 8
+    with torch.no_grad():
+        a = model(ids, output_hidden_states=True).hidden_states
+        b = model(other, output_hidden_states=True).hidden_states
+    moved = (a[1][0] - b[1][0]).abs().amax(-1)
+    assert (moved[:window] > 1e-6).all() and torch.equal(a[1][0, window:], b[1][0, window:])
+    assert ((a[2][0] - b[2][0]).abs().amax(-1) > 1e-6).all()
+    # Gated-GELU MLP (tanh approximation), written out from its weights.
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(5, cfg.hidden_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g, u, d = (m.weight.double() for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    expected = (torch.nn.functional.gelu(x @ g.T, approximate="tanh") * (x @ u.T)) @ d.T
+    assert cfg.hidden_activation == "gelu_pytorch_tanh"
+    assert torch.allclose(mlp.double()(x), expected, atol=1e-10)

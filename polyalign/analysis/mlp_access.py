@@ -6,7 +6,7 @@ vector* is what one unit of that activation adds to the residual stream:
 
 | architecture | down projection | value vector ``i`` |
 |---|---|---|
-| Llama / Gemma-2 / Qwen-2 / Mistral | ``model.layers[l].mlp.down_proj`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
+| Llama / Gemma-2 / Gemma-3 / Qwen-2 / Mistral | ``model.layers[l].mlp.down_proj`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
 | GPT-2 (and mGPT) | ``transformer.h[l].mlp.c_proj`` (``Conv1D``, weight ``[I, H]``) | ``weight[i, :]`` |
 | BLOOM | ``transformer.h[l].mlp.dense_4h_to_h`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
 """
@@ -63,6 +63,6 @@ def mlp_access(model: nn.Module) -> MLPAccess:
         return MLPAccess(family, [blk.mlp.dense_4h_to_h for blk in model.transformer.h], rows_are_neurons=False)
     raise UserError(
         f"neuron analysis does not know the MLP layout of model type {family!r} "
-        "(supported: llama, gemma2, qwen2, mistral, gpt2, bloom)",
+        "(supported: llama, gemma, gemma2, gemma3_text, qwen2, qwen3, mistral, phi3, gpt2, bloom)",
         field="model",
     )
