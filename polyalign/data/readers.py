@@ -9,8 +9,9 @@ Formats (``format=`` / ``--format``), and what auto-detection looks for:
 ``mlc``        JSONL with ``prompt``, ``chosen``, ``rejected`` and ``prompt_<lang>`` keys
 ``trl``        JSONL with ``chosen`` and ``rejected`` (``prompt`` optional: implicit prompt)
 ``multijail``  CSV whose header has ``id`` and ``tags`` (plus ``en``, ``zh``, ...)
-``xsafety``    a folder of ``<lang>/`` folders of CSVs, a ``<lang>/`` folder, or a one-column
-               CSV inside a ``<lang>/`` folder
+``xsafety``    a folder of ``<lang>/`` folders of CSV/xlsx files, a ``<lang>/`` folder, or a
+               header-less one-column CSV (trailing empty columns allowed) or an ``.xlsx``
+               inside a ``<lang>/`` folder
 ``rtplx``      ``RTP_LX_<LOCALE>.json`` files (JSONL), or a folder of them
 ``parallel``   a folder of >= 2 ``.txt``/``.jsonl`` files, one per language
 ``jsonl``      any other JSONL: needs ``column_map`` (see ``formats/generic``)
@@ -32,10 +33,11 @@ from typing import Any
 
 from polyalign.data.formats.benchmarks import _RTPLX_NAME, read_multijail, read_rtplx, read_xsafety
 from polyalign.data.formats.canonical import read_canonical
-from polyalign.data.formats.common import iter_csv, iter_jsonl, known_language, read_text
+from polyalign.data.formats.common import is_blank, iter_csv, iter_jsonl, known_language, read_text
 from polyalign.data.formats.generic import read_generic
 from polyalign.data.formats.parallel import PARALLEL_SUFFIXES, read_parallel
 from polyalign.data.formats.preference import read_mlc, read_mpo, read_trl
+from polyalign.data.formats.xsafety import SUFFIXES as XSAFETY_SUFFIXES
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.validation import Item, Problem, Record, validate_items
 from polyalign.errors import UserError
@@ -64,9 +66,10 @@ def _detect_folder(path: Path) -> str:
     entries = list(path.iterdir())
     if any(p.is_file() and _RTPLX_NAME.match(p.name) for p in entries):
         return "rtplx"
-    if known_language(path.name) and any(p.suffix == ".csv" for p in entries):
+    if known_language(path.name) and any(p.suffix.lower() in XSAFETY_SUFFIXES for p in entries):
         return "xsafety"
-    if any(p.is_dir() and known_language(p.name) and any(p.glob("*.csv")) for p in entries):
+    if any(p.is_dir() and known_language(p.name) and any(f.suffix.lower() in XSAFETY_SUFFIXES for f in p.iterdir())
+           for p in entries):
         return "xsafety"
     if sum(p.is_file() and p.suffix in PARALLEL_SUFFIXES for p in entries) >= 2:
         return "parallel"
@@ -79,7 +82,8 @@ def _detect_csv(path: Path) -> str:
     names = {h.strip() for h in header}
     if {"id", "tags"} <= names:
         return "multijail"
-    if len(header) == 1 and known_language(path.parent.name):
+    # XSafety files are header-less single-column files, some with trailing empty columns.
+    if known_language(path.parent.name) and (len(header) == 1 or is_blank(header[1:])):
         return "xsafety"
     return "csv"
 
@@ -116,6 +120,11 @@ def detect_format(path: str | Path) -> str:
     if _RTPLX_NAME.match(path.name):
         return "rtplx"
     suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        if known_language(path.parent.name):
+            return "xsafety"
+        raise UserError("an .xlsx file is read as XSafety data only inside a <lang>/ folder; save other "
+                        "spreadsheets as CSV", file=path, field="format")
     if suffix == ".csv":
         return _detect_csv(path)
     if suffix in (".json", ".jsonl"):

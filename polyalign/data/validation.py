@@ -19,7 +19,14 @@ Content problems and their reasons (the keys of ``ReadResult.skipped``):
 ``language mismatch``  a declared language that lingua confidently contradicts (see
                        :func:`polyalign.data.langdetect.language_mismatch`); only prompt
                        texts are checked, since responses may legitimately differ
+``alternative file``   XSafety: a second file for a category one language already has (the
+                       upstream ``hi/commen_sense.csv`` beside ``hi/commonsense.csv``)
 =====================  ====================================================================
+
+Readers yield an :class:`Item` per data row that parsed into a record and a :class:`Skip`
+per data row they could not turn into one (a whitespace-only CSV row, a row of an
+alternative file): a skip is counted and located like any content problem, so for every
+read ``rows == len(records) + sum(skipped.values())`` (see :class:`Tally`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ SAME = "chosen == rejected"
 DUPLICATE = "duplicate id"
 MISMATCH = "language mismatch"
 UNKNOWN = "unknown language"
+ALTERNATIVE = "alternative file"
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,52 @@ class Item:
     line: int | None
     checks: list[LangCheck] = field(default_factory=list)
     label: str = ""  # e.g. "item 41" for JSON lists, prefixed to messages
+
+
+@dataclass
+class Skip:
+    """A data row that is counted and located but gives no record (see the module docstring)."""
+
+    file: str
+    line: int | None
+    field: str | None
+    reason: str
+    message: str
+    language: str | None = None
+    label: str = ""
+
+
+def record_language(record: Record) -> str | None:
+    """The language a record is counted under: its own, a parallel pair's target side;
+    ``None`` for prompt variants (one record in many languages)."""
+    if isinstance(record, ParallelPair):
+        return record.target.language
+    if isinstance(record, (PreferencePair, EvalPrompt)):
+        return record.language
+    return None
+
+
+@dataclass
+class Tally:
+    """Data rows read / used (kept as records) / skipped, in all and per language
+    (``"*"`` for rows without one language). ``read == used + skipped`` always."""
+
+    per_language: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, language: str | None, used: bool) -> None:
+        row = self.per_language.setdefault(language or "*", {"read": 0, "used": 0, "skipped": 0})
+        row["read"] += 1
+        row["used" if used else "skipped"] += 1
+
+    def total(self) -> dict[str, int]:
+        out = {"read": 0, "used": 0, "skipped": 0}
+        for row in self.per_language.values():
+            for key in out:
+                out[key] += row[key]
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        return {lang: dict(row) for lang, row in sorted(self.per_language.items())}
 
 
 def _prompt_problems(prefix: str, prompt: tuple[Message, ...]) -> list[tuple[str, str, str]]:
@@ -130,18 +184,31 @@ def record_problems(record: Record) -> list[tuple[str, str, str]]:
 
 
 def validate_items(
-    items: Iterable[Item], *, check_language: bool = True, strict: bool = False
+    items: Iterable[Item | Skip], *, check_language: bool = True, strict: bool = False,
+    tally: Tally | None = None,
 ) -> tuple[list[Record], list[Problem], Counter]:
     """Run content checks; return ``(kept records, problems, skipped counter)``.
 
     A row with several problems is reported once per problem but counted once in
-    ``skipped``, under its first problem's reason.
+    ``skipped``, under its first problem's reason. :class:`Skip` rows are counted and
+    reported as they are. ``tally`` (optional) receives every row, per language.
     """
     kept: list[Record] = []
     problems: list[Problem] = []
     skipped: Counter = Counter()
     seen: dict[str, tuple[str, int | None]] = {}
+    tally = tally if tally is not None else Tally()
     for item in items:
+        if isinstance(item, Skip):
+            problem = Problem(item.file, item.line, item.field,
+                              f"{item.label}: {item.message}" if item.label else item.message, item.reason)
+            if strict:
+                raise problem.to_error()
+            skipped[item.reason] += 1
+            problems.append(problem)
+            tally.add(item.language, used=False)
+            continue
+        language = record_language(item.record)
         found = list(record_problems(item.record))
         if item.record.id in seen:
             first_file, first_line = seen[item.record.id]
@@ -159,8 +226,10 @@ def validate_items(
         if not found:
             seen[item.record.id] = (item.file, item.line)
             kept.append(item.record)
+            tally.add(language, used=True)
             continue
         skipped[found[0][1]] += 1
+        tally.add(language, used=False)
         for field_name, reason, message in found:
             text = f"{item.label}: {message}" if item.label else message
             problem = Problem(item.file, item.line, field_name, text, reason)

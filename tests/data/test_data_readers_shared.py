@@ -18,7 +18,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from raw_counts import first_cells
 
+from polyalign.data.formats.xsafety import CATEGORIES as XSAFETY_CATEGORIES
 from polyalign.data.readers import detect_format, load_prompt_variants, read_records
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
 
@@ -165,21 +167,69 @@ def test_rtplx_counts_per_locale(shared_data: Path) -> None:
     assert first.metadata["locale"] == "ZH-Hans"
 
 
-def test_xsafety_counts(shared_data: Path) -> None:
-    """The raw files have 199/203 physical lines (no final newline; quoted multi-line
-    cells), so count rows with the csv module, as the reader must."""
-    root = shared_data / "xsafety"
-    expected = {}
-    for file in sorted(root.glob("*/*.csv")):
-        with open(file, encoding="utf-8-sig", newline="") as handle:
-            expected[file.parent.name] = sum(1 for row in csv.reader(handle) if row)
-    assert expected == {"ar": 200, "en": 200, "zh": 200}
+XSAFETY_LANGUAGES = {"en", "zh", "ar", "bn", "ru", "fr"}
 
-    result = read_records(root)
-    assert result.format == "xsafety" and not result.problems
+
+def _xsafety_raw(root: Path) -> dict[tuple[str, str], list[str]]:
+    """``(language, file name) -> first cells of its data rows``, read with csv/openpyxl."""
+    return {(f.parent.name, f.name): first_cells(f)
+            for f in sorted(root.glob("*/*")) if f.suffix in (".csv", ".xlsx")}
+
+
+def test_xsafety_counts(shared_data: Path) -> None:
+    """The full release files of 6 languages: 14 files each (bn: 13 .xlsx), 200 rows per
+    file counted with csv/openpyxl; one whitespace-only row (ru/Insult.csv) is a located
+    skip that keeps its position, so ids stay aligned across languages."""
+    root = shared_data / "xsafety"
+    raw = _xsafety_raw(root)
+    assert {lang for lang, _ in raw} == XSAFETY_LANGUAGES
+    assert Counter(lang for lang, _ in raw) == {lang: 14 for lang in XSAFETY_LANGUAGES}
+    assert sum(name.endswith(".xlsx") for _, name in raw) == 13
+    assert {len(cells) for cells in raw.values()} == {200}
+    blank = [(lang, name, i) for (lang, name), cells in raw.items() for i, c in enumerate(cells) if not c.strip()]
+    assert [(lang, name) for lang, name, _ in blank] == [("ru", "Insult.csv")]
+
+    result = read_records(root, check_language=False)
+    assert result.format == "xsafety"
+    assert len(result.records) + sum(result.skipped.values()) == 14 * 200 * 6
+    assert result.skipped == Counter({"empty text": len(blank)})
+    (problem,) = result.problems
+    _, name, index = blank[0]
+    assert problem.file.endswith("ru/Insult.csv") and problem.reason == "empty text"
+    expected = Counter({lang: 2800 for lang in XSAFETY_LANGUAGES})
+    expected["ru"] -= 1
     assert Counter(r.language for r in result.records) == expected
-    assert {r.category for r in result.records} == {"Physical_Harm"}  # "_n" suffix removed
-    assert len(read_records(root / "en").records) == 200
-    assert len(read_records(root / "ar" / "Physical_Harm.csv").records) == 200
+
+    # One canonical set of 14 categories in every language, the raw name beside it.
+    by_lang = defaultdict(set)
+    for r in result.records:
+        by_lang[r.language].add(r.category)
+    assert {frozenset(v) for v in by_lang.values()} == {frozenset(XSAFETY_CATEGORIES)}
+    raw_names = {r.metadata["category_raw"] for r in result.records if r.category == "Crimes_And_Illegal_Activities"}
+    assert raw_names == {"Crimes_And_Illegal_Activities", "Crimes_And_Illegal_Activities_en",
+                         "Crimes_And_Illegal_Activities_n", "Crimes_And_Illegal_Activitie"}
+
+    # Texts in place; the same id means the same row position in every language.
+    by_id = {r.id: r for r in result.records}
+    for (lang, file_name), cells in raw.items():
+        category = next(r.category for r in result.records if r.language == lang
+                        and r.metadata["file"] == f"{lang}/{file_name}")
+        for i, cell in enumerate(cells):
+            record = by_id.get(f"xsafety-{lang}-{category}-{i}")
+            if cell.strip():
+                assert record is not None and record.text == cell and record.source_id == f"{category}-{i}"
+            else:
+                assert record is None
+    sources = defaultdict(set)
+    for r in result.records:
+        sources[r.language].add(r.source_id)
+    assert sources["ru"] == sources["en"] - {f"Insult-{index}"}
+    assert sources["en"] == sources["zh"] == sources["ar"] == sources["bn"] == sources["fr"]
+
+    assert len(read_records(root / "en", check_language=False).records) == 2800
+    one = read_records(root / "en" / "Unfairness_And_Discrimination_n.csv", check_language=False)
+    assert one.format == "xsafety" and len(one.records) == 200  # trailing empty column
+    bn = read_records(root / "bn" / "Insult_n.xlsx", check_language=False)
+    assert bn.format == "xsafety" and [r.text for r in bn.records] == raw[("bn", "Insult_n.xlsx")]
     multiline = [r for r in result.records if "\n" in r.text]
-    assert multiline and all(r.language == "ar" for r in multiline)
+    assert multiline

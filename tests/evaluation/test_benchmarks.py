@@ -41,12 +41,39 @@ def test_multijail_counts(shared_data):
     assert len({p.id for p in prompts}) == len(prompts)
 
 
+def _xsafety_nonblank_rows(root):
+    """Independent count: non-blank first cells per language (csv module / openpyxl)."""
+    import openpyxl
+
+    counts = Counter()
+    for file in root.glob("*/*"):
+        if file.suffix == ".csv":
+            with open(file, encoding="utf-8-sig", newline="") as handle:
+                cells = [row[0] if row else "" for row in csv.reader(handle)]
+        elif file.suffix == ".xlsx":
+            book = openpyxl.load_workbook(file, read_only=True)
+            cells = [str(row[0] or "") for row in book.worksheets[0].iter_rows(values_only=True)]
+            book.close()
+        else:
+            continue
+        counts[file.parent.name] += sum(1 for c in cells if c.strip())
+    return counts
+
+
 def test_xsafety_counts(shared_data):
     prompts = load_benchmark("xsafety", data=shared_data)
-    assert _per_language(prompts) == {"en": 200, "zh": 200, "ar": 200}
-    # Category names match case- and separator-insensitively ("Physical_Harm" from the file names).
+    assert _per_language(prompts) == _xsafety_nonblank_rows(shared_data / "xsafety")
+    assert sum(_per_language(prompts).values()) == 6 * 14 * 200 - 1  # one whitespace-only row
+    # Category names match case- and separator-insensitively, against one canonical set.
     harm = load_benchmark("xsafety", data=shared_data, categories=["physical harm"], languages=["zh"])
     assert _per_language(harm) == {"zh": 200} and {p.category for p in harm} == {"Physical_Harm"}
+    # Every language's file for a category is found, whatever its name (ru's is truncated,
+    # en's ends in _en, bn's is .xlsx).
+    crimes = load_benchmark("xsafety", data=shared_data, categories=["Crimes_And_Illegal_Activities"])
+    assert _per_language(crimes) == {lang: 200 for lang in ("en", "zh", "ar", "bn", "ru", "fr")}
+    with pytest.raises(UserError) as err:
+        load_benchmark("xsafety", data=shared_data, categories=["Crimes"])
+    assert "not in xsafety data" in str(err.value) and "physical_harm" in str(err.value).lower()
 
 
 def test_mlc_counts(shared_data):

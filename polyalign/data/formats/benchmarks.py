@@ -1,8 +1,7 @@
-"""Safety-benchmark readers: MultiJail CSV, XSafety CSV folders, RTP-LX JSONL -> EvalPrompt.
+"""Safety-benchmark readers: MultiJail CSV, RTP-LX JSONL -> EvalPrompt (XSafety: ``xsafety``).
 
-Ids: MultiJail ``"<row id>-<lang>"`` (``source_id`` = row id); XSafety
-``"xsafety-<lang>-<category>-<row>"`` (``source_id`` = ``"<category>-<row>"``, the files
-being row-aligned translations); RTP-LX ``"rtplx-<lang>-<Index>"`` (``source_id`` = Index,
+Ids: MultiJail ``"<row id>-<lang>"`` (``source_id`` = row id); XSafety see
+:mod:`polyalign.data.formats.xsafety`; RTP-LX ``"rtplx-<lang>-<Index>"`` (``source_id`` = Index,
 which names the same RealToxicityPrompts prompt across locales).
 """
 
@@ -14,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.common import Loc, get, iter_csv, iter_jsonl, known_language, language_code
+from polyalign.data.formats.common import Loc, get, iter_csv, iter_jsonl, language_code
 from polyalign.data.languages import canonical_language
 from polyalign.data.records import EvalPrompt
 from polyalign.data.validation import Item, LangCheck
+from polyalign.data.formats.xsafety import read_xsafety, xsafety_files  # noqa: F401  (re-exported)
 from polyalign.errors import UserError
 
 MULTIJAIL_REQUIRED = ("id", "tags", "en")
@@ -68,46 +68,6 @@ def read_multijail(path: Path, **_: Any) -> Iterator[Item]:
                                 category=tags[0] if tags else None, source_id=row_id,
                                 metadata={"tags": list(tags), **extra})
             yield Item(record, str(path), line, [LangCheck(column, cells[column], lang)])
-
-
-def xsafety_files(path: Path, language: str | None) -> list[tuple[Path, str]]:
-    """``(csv file, language)`` pairs for an XSafety root, language folder or single file."""
-    if path.is_file():
-        lang = language or known_language(path.parent.name)
-        if lang is None:
-            raise UserError("cannot tell the language of this XSafety file from its folder name; "
-                            "pass language= (--language)", file=path, field="language")
-        return [(path, canonical_language(lang))]
-    own = known_language(path.name)
-    if own is not None and any(path.glob("*.csv")):
-        return [(f, canonical_language(language or own)) for f in sorted(path.glob("*.csv"))]
-    out = []
-    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-        lang = known_language(sub.name)
-        if lang is not None:
-            out.extend((f, lang) for f in sorted(sub.glob("*.csv")))
-    if not out:
-        raise UserError("no XSafety CSV files found (expected <lang>/<Category>.csv)", file=path)
-    return out
-
-
-def xsafety_category(file: Path) -> str:
-    """``Physical_Harm_n.csv`` and ``Physical_Harm.csv`` -> ``Physical_Harm``."""
-    return re.sub(r"_n$", "", file.stem)
-
-
-def read_xsafety(path: Path, *, language: str | None = None, **_: Any) -> Iterator[Item]:
-    """XSafety one-column, header-less CSVs -> EvalPrompt (category from the file name)."""
-    for file, lang in xsafety_files(path, language):
-        category = xsafety_category(file)
-        for index, (line, row) in enumerate(iter_csv(file)):
-            loc = Loc(str(file), line)
-            if len(row) != 1:
-                raise loc.error(None, f"expected one column (header-less XSafety file), got {len(row)}")
-            record = EvalPrompt(id=f"xsafety-{lang}-{category}-{index}", language=lang, text=row[0],
-                                benchmark="xsafety", category=category, source_id=f"{category}-{index}",
-                                metadata={"file": f"{file.parent.name}/{file.name}"})
-            yield Item(record, loc.file, line, [LangCheck("column 1", row[0], lang)])
 
 
 def rtplx_files(path: Path) -> list[Path]:

@@ -6,6 +6,7 @@ Every helper raises :class:`~polyalign.errors.UserError` naming file, line and f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +26,9 @@ ROLE_ALIASES = {"user": "user", "assistant": "assistant", "system": "system",
                 "human": "user", "gpt": "assistant", "model": "assistant"}
 _WS = re.compile(r"[ \t\n\r]*")
 # Long prompts in one CSV cell are legitimate; the csv module's default cap is 128 KiB.
-csv.field_size_limit(2**31 - 1)
+# The cap is process-wide state, so it is raised only while one of our files is parsed
+# (see _csv_field_limit) and restored afterwards, never for the rest of the process.
+CSV_FIELD_LIMIT = 2**31 - 1
 
 
 type_name = json_type_name
@@ -147,21 +150,86 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
         yield Loc(str(path), number), obj
 
 
-def iter_csv(path: str | Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(start_line, cells)`` per non-blank CSV row (quoted multi-line cells allowed;
-    the header, if any, is row 1). Malformed quoting is an error with its line."""
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """Raise the csv module's (process-wide) field size cap for the duration of a parse."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
+    """Every CSV row as ``(start_line, cells)``, blank lines included (as ``[]``), trailing
+    blank lines excluded. Parsed eagerly so that the raised field cap never outlives it."""
     text = read_text(path, "csv")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise UserError(f"invalid CSV: {exc}", file=path, line=start) from None
-        if row and any(cell.strip() for cell in row):
+    rows: list[tuple[int, list[str]]] = []
+    with _csv_field_limit(CSV_FIELD_LIMIT):
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise UserError(f"invalid CSV: {exc}", file=path, line=start) from None
+            rows.append((start, row))
+    while rows and not rows[-1][1]:  # trailing empty lines are no rows
+        rows.pop()
+    return rows
+
+
+def is_blank(cells: list[Any] | tuple[Any, ...]) -> bool:
+    """No cell holds anything but whitespace (``None`` cells of a spreadsheet count as empty)."""
+    return not any(cell is not None and str(cell).strip() for cell in cells)
+
+
+def iter_csv(path: str | Path, *, keep_blank: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(start_line, cells)`` per CSV row (quoted multi-line cells allowed; the
+    header, if any, is row 1). Malformed quoting is an error with its line.
+
+    Rows with no text (empty lines, whitespace-only cells) are left out unless
+    ``keep_blank``; readers that keep them count each as a located skip.
+    """
+    for start, row in csv_rows(path):
+        if keep_blank or not is_blank(row):
             yield start, row
+
+
+def xlsx_rows(path: str | Path) -> list[tuple[int, list[str]]]:
+    """``(row number, cells as strings)`` of the first worksheet of an ``.xlsx`` file
+    (trailing empty rows excluded; ``None`` -> ``""``). Needs openpyxl (a core dependency).
+
+    A workbook whose other sheets hold data is an error: which sheet is meant is unclear.
+    """
+    path = require_file(path)
+    try:
+        import openpyxl
+    except ImportError:  # pragma: no cover - a core dependency
+        raise UserError("reading .xlsx files needs openpyxl (pip install openpyxl)", file=path) from None
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException kinds
+        raise UserError(f"not a readable .xlsx workbook: {exc}", file=path) from None
+    try:
+        sheets = book.worksheets
+        if not sheets:
+            raise UserError("workbook has no worksheet", file=path)
+        others = [s.title for s in sheets[1:] if any(not is_blank(r) for r in s.iter_rows(values_only=True))]
+        if others:
+            raise UserError(f"data in several sheets ({sheets[0].title}, {', '.join(others)}); save the one "
+                            "to read on its own", file=path, field="sheet")
+        rows = [(number, ["" if c is None else str(c) for c in row])
+                for number, row in enumerate(sheets[0].iter_rows(values_only=True), start=1)]
+    finally:
+        book.close()
+    while rows and is_blank(rows[-1][1]):
+        rows.pop()
+    if not rows:
+        raise UserError("file is empty (no records)", file=path, line=1)
+    return rows
 
 
 def get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], loc: Loc, *, required: bool = True,
