@@ -31,6 +31,8 @@ JUDGES: dict[str, tuple[str, str]] = {
     "llama_guard": ("polyalign.evaluation.judges.llama_guard", "LlamaGuardJudge"),
     "polyguard": ("polyalign.evaluation.judges.polyguard", "PolyGuardJudge"),
     "openai": ("polyalign.evaluation.judges.openai_judge", "OpenAIJudge"),
+    "qwen3guard": ("polyalign.evaluation.judges.qwen3guard", "Qwen3GuardJudge"),
+    "qwen3guard_api": ("polyalign.evaluation.judges.qwen3guard_api", "Qwen3GuardAPIJudge"),
 }
 SCORERS: dict[str, tuple[str, str]] = {
     "perspective": ("polyalign.evaluation.judges.perspective", "PerspectiveScorer"),
@@ -38,7 +40,8 @@ SCORERS: dict[str, tuple[str, str]] = {
 }
 _ALIASES = {"llama-guard": "llama_guard", "llamaguard": "llama_guard", "llama_guard_3": "llama_guard",
             "llm": "openai", "gpt": "openai", "openai_compatible": "openai", "keyword": "refusal",
-            "refusal_matcher": "refusal", "poly_guard": "polyguard", "hf_classifier": "classifier"}
+            "refusal_matcher": "refusal", "poly_guard": "polyguard",
+            "qwen3_guard": "qwen3guard", "qwen3guard_gen": "qwen3guard", "qwen3_guard_api": "qwen3guard_api", "hf_classifier": "classifier"}
 
 
 def _build(table: dict[str, tuple[str, str]], kind: str, name: str, options: dict[str, Any]) -> Any:
