@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,8 +208,43 @@ def _unknown(key: str, where: dict[str, Any]) -> UserError:
     return UserError(f"unknown setting{hint}", field=key, **where)
 
 
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _string_like(hint: Any, default: Any) -> bool:
+    """Whether a field takes text (a ``str`` or an enum such as ``SaveStrategy``): its values
+    are read as typed, never as YAML's ``no`` -> False, ``off`` -> False, ``1.0`` -> float."""
+    args = typing.get_args(hint) or (hint,)
+    if any(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in args):
+        return True
+    return hint is Any and isinstance(default, (str, enum.Enum))
+
+
+def _typed(key: str, raw: str, hints: dict[str, Any]) -> Any:
+    """A value given as text (command line, plain YAML scalar) read by its field's type:
+    kept as text for text/enum fields (``null``/``~`` -> None where None is allowed; a
+    ``[...]``/``{...}`` literal still parsed), YAML-parsed otherwise."""
+    hint = hints.get(key)
+    field_ = config_fields().get(key)
+    default = field_.default if field_ is not None else None
+    if _string_like(hint, default) and not raw.lstrip().startswith(("[", "{")):
+        if raw in _NULLS and type(None) in typing.get_args(hint):
+            return None
+        return raw
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def read_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse a YAML recipe into ``(settings, line_of_each_key)``; structural problems are UserErrors."""
+    """Parse a YAML recipe into ``(settings, line_of_each_key)``; structural problems are UserErrors.
+
+    Plain (unquoted) scalars of text/enum fields keep their text (``save_strategy: no`` is
+    ``"no"``, not YAML 1.1's False); see :func:`_typed`.
+    """
     text = read_text_strict(path)
     try:
         node = yaml.compose(text)
@@ -222,12 +258,22 @@ def read_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise UserError("a recipe must be a mapping of setting: value", file=path, line=1)
     lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
-    return {str(k): v for k, v in data.items()}, lines
+    settings = {str(k): v for k, v in data.items()}
+    hints = _type_hints()
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        if isinstance(value_node, yaml.ScalarNode) and value_node.style is None and key in settings:
+            typed = _typed(key, value_node.value, hints)
+            if isinstance(typed, str) or typed is None:
+                settings[key] = typed
+    return settings, lines
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--lr", "1e-5", "--max_steps=3"]`` -> ``{"lr": "1e-5", "max_steps": 3}`` (YAML scalars)."""
+    """``["--lr", "1e-5", "--save_strategy=no"]`` -> ``{"lr": 1e-05, "save_strategy": "no"}``:
+    each value read by its field's type (:func:`_typed`), not blindly as YAML."""
     out: dict[str, Any] = {}
+    hints = _type_hints()
     i = 0
     while i < len(args):
         arg = args[i]
@@ -239,10 +285,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 raise UserError("missing value", file="<command line>", field=key)
             value, i = args[i + 1], i + 1
         key = key.replace("-", "_")
-        try:
-            out[key] = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            out[key] = value
+        out[key] = _typed(key, value, hints)
         i += 1
     return out
 
