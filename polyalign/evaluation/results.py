@@ -19,7 +19,7 @@ from polyalign.data.records import EvalPrompt
 from polyalign.evaluation import metrics as M
 from polyalign.evaluation.textstats import distinct_metrics, language_fidelity
 
-SAFETY_COLUMNS = ("unsafe_rate", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
+SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
 TOXICITY_COLUMNS = ("emt", "tox_prob", "avg_tox", "distinct_1", "distinct_2", "distinct_3", "perplexity_median",
                     "language_fidelity", "n_prompts", "n_samples", "n_score_errors")
 
@@ -150,6 +150,17 @@ def _utility_lines(utility: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _consistency_lines(c: dict[str, Any]) -> list[str]:
+    """Cross-lingual consistency against the dominant language (:mod:`polyalign.evaluation.consistency`)."""
+    lines = ["", f"## Cross-lingual consistency (against `{c['dominant']}`)", "",
+             f"- {c['n_items']} parallel items; {c['rule']}; flipped items with outputs in `{c['flips_file']}`",
+             "", "| language | n_compared | agreement | flip_to_unsafe_rate | flip_to_safe_rate |", "|---|---:|---:|---:|---:|"]
+    for lang, m in c["per_language"].items():
+        lines.append(f"| {lang} ({language_name(lang)}) | {m['n_compared']} | " + " | ".join(
+            _cell(m[k]) for k in ("agreement", "flip_to_unsafe_rate", "flip_to_safe_rate")) + " |")
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The per-language table (headline columns) with mean / std / min / max rows.
 
@@ -169,6 +180,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _table(per_language, summary, columns)
     if results.get("utility"):
         lines += _utility_lines(results["utility"])
+    if results.get("consistency"):
+        lines += _consistency_lines(results["consistency"])
     lines.append("")
     lines.append("std is the population standard deviation across languages; every metric is in results.json.")
     return "\n".join(lines) + "\n"

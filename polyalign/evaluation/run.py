@@ -32,6 +32,7 @@ from typing import Any
 from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
+from polyalign.evaluation.consistency import consistency_section
 from polyalign.evaluation.fingerprints import data_fingerprint, model_fingerprint, redact
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
@@ -157,7 +158,7 @@ def evaluate(
         model_fp = model_fingerprint(model, source, adapter)
 
     per_language: dict[str, dict[str, Any]] = {}
-    utility = None
+    utility = consistency = None
     try:
         if spec is not None:
             done = generate_and_judge(kind=spec.kind, name=spec.name, prompts=prompts, settings=settings, generator=generator,
@@ -168,6 +169,8 @@ def evaluate(
             metrics = compute_metrics(spec.kind, prompts, done["generations"], done["judgments"], scorer_model=scorer_model,
                                       device=device, trust_remote_code=trust_remote_code)
             per_language = metrics["per_language"]
+            if spec.kind == "safety":  # parallel benchmarks only (else None); from the stored verdicts
+                consistency = consistency_section(prompts, done["generations"], done["judgments"], out)
         if "utility" in suite_names:
             utility = _run_utility(model, tok, model_fp, benign, out=out, run_id=run_id, utility_tasks=utility_tasks,
                                    lm_eval_tasks=lm_eval_tasks, lm_eval_include=lm_eval_include, languages=languages,
@@ -197,6 +200,7 @@ def evaluate(
         "metrics": {"per_language": per_language, "summary": summarize(per_language)},
         "headline": spec.headline if spec else "accuracy",
         "utility": utility,
+        "consistency": consistency,
         "run": {**run_stats, "seconds": round(time.time() - started, 3)},
     }
     atomic_write_json(out / RESULTS_JSON, results)
