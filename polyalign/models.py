@@ -23,6 +23,7 @@ Tokenizer conventions (chosen so every layer sees the same token sequences):
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -244,34 +245,74 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return names[dtype]
 
 
+ALLOW_DOWNLOAD_ENV = "POLYALIGN_ALLOW_DOWNLOAD"
+
+
+def _download_allowed(allow_download: bool | None) -> bool:
+    if allow_download is not None:
+        return allow_download
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def resolve_model_source(path_or_id: str | Path) -> str:
+    """What ``--model`` names: a local folder, a known model name (its converted folder), or a hub id.
+
+    A known name (``polyalign models list``) resolves to its folder under the model cache; one
+    not fetched yet is a :class:`~polyalign.errors.UserError` telling the user to run
+    ``polyalign models get NAME``. A path that does not exist (``./x``, ``/x``, ``a/b/c``) is a
+    :class:`~polyalign.errors.UserError`; anything else is returned as a hub id.
+    """
+    where = str(path_or_id)
+    local = Path(where)
+    if local.exists():
+        if not local.is_dir():
+            raise UserError("expected a model folder, got a file", file=where)
+        return where
+    from polyalign.real_models.registry import resolve_known_model
+
+    known = resolve_known_model(where)
+    if known is not None:
+        return str(known)
+    # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
+    if where.startswith((".", "/", "~")) or where.count("/") > 1 or "\\" in where:
+        raise UserError("no such model folder", file=where)
+    return where
+
+
 def load_model_and_tokenizer(
     path_or_id: str | Path,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    allow_download: bool | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (safetensors weights only), in eval mode.
 
-    The one loading function every layer uses. When the tokenizer has no pad token, the
+    The one loading function every layer uses. ``path_or_id`` is a model folder, a known
+    model name (``polyalign models get NAME`` converts it once) or a hub id. Nothing is
+    downloaded unless ``allow_download`` is true (default: ``$POLYALIGN_ALLOW_DOWNLOAD``, set
+    by ``polyalign --allow-download``): a mistyped folder such as ``runs/final`` looks like a
+    hub id, and must be an error, never a download. When the tokenizer has no pad token, the
     eos token is used as pad (and written into the model's config and generation config).
     Padding side is left as saved: callers choose left padding for generation.
     A missing folder, a folder without safetensors weights, or an id that is not cached
     locally raises :class:`~polyalign.errors.UserError`.
     """
-    where = str(path_or_id)
-    local = Path(where)
-    if local.exists() and not local.is_dir():
-        raise UserError("expected a model folder, got a file", file=where)
-    # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
-    if not local.exists() and (where.startswith((".", "/", "~")) or where.count("/") > 1 or "\\" in where):
-        raise UserError("no such model folder", file=where)
+    where = resolve_model_source(path_or_id)
+    is_folder = Path(where).is_dir()
+    local_only = is_folder or not _download_allowed(allow_download)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=_resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+            where, dtype=_resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+            local_files_only=local_only,
         )
     except (OSError, ValueError) as exc:
+        if not is_folder and local_only:
+            raise UserError("no such model folder, known model name (polyalign models list) or locally cached hub "
+                            "id; nothing is downloaded unless you pass polyalign --allow-download", file=where) from None
         raise UserError(f"cannot load model: {str(exc).splitlines()[0]}", file=where) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

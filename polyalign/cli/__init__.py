@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "polyalign.cli.analyze",
     "polyalign.cli.report",
     "polyalign.cli.demo",
+    "polyalign.cli.models",
 )
 
 
@@ -37,6 +38,9 @@ class _ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="polyalign", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let --model hub ids download from the Hugging Face hub (default: local folders, "
+                        "known model names and already-cached ids only; same as POLYALIGN_ALLOW_DOWNLOAD=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for name in SUBCOMMAND_MODULES:
         try:
@@ -59,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.allow_download:  # read by polyalign.models.load_model_and_tokenizer, wherever a command loads
+        os.environ["POLYALIGN_ALLOW_DOWNLOAD"] = "1"
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
