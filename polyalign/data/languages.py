@@ -3,6 +3,12 @@
 Canonical codes are lowercase ISO 639-1 where one exists (``zh`` for Chinese in any of
 ``zh``, ``ZH``, ``zh-Hans``, ``zh_CN``; ``es`` for XSafety's ``sp``), ISO 639-3 otherwise.
 Traditional Chinese keeps its script: ``zh-Hant``.
+
+:func:`language_tag` keeps a region as well (``de-CH``, ``pt-BR``): data sets that ship
+regional files beside the plain language (RTP-LX's ``DE`` and ``DE-CH``, ``PT`` and
+``PT-BR``) keep them apart. RTP-LX's ``BCMS`` (Bosnian, Croatian, Montenegrin, Serbian in
+one file) is tagged ``hbs``, the ISO 639-3 code of that macrolanguage (``sh``/``bcms`` are
+accepted for it); Norwegian Bokmal (``NO-NB``) is ``nb``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ LANGUAGE_NAMES: dict[str, str] = {
     "gu": "Gujarati", "pa": "Punjabi", "yo": "Yoruba", "ha": "Hausa", "am": "Amharic",
     "zu": "Zulu", "tl": "Tagalog", "ms": "Malay", "ro": "Romanian", "hu": "Hungarian",
     "fi": "Finnish", "da": "Danish", "no": "Norwegian", "ca": "Catalan",
+    "hbs": "Serbo-Croatian (BCMS)", "nb": "Norwegian Bokmal", "sk": "Slovak",
 }
+# Languages inside a macrolanguage tag used by a data set: a hint when one is asked for.
+MACROLANGUAGE = {"sr": "hbs", "hr": "hbs", "bs": "hbs", "cnr": "hbs"}
 
 # Codes seen in released data sets that are not ISO 639-1, and common aliases.
 _ALIASES: dict[str, str] = {
@@ -33,6 +42,7 @@ _ALIASES: dict[str, str] = {
     "jav": "jv", "deu": "de", "ger": "de", "hin": "hi", "fra": "fr", "fre": "fr",
     "spa": "es", "por": "pt", "nld": "nl", "pol": "pl", "swe": "sv", "ces": "cs",
     "ind": "id", "in": "id", "iw": "he",
+    "bcms": "hbs", "sh": "hbs", "no-nb": "nb", "nob": "nb",
 }
 
 _NAME_TO_CODE = {name.lower(): code for code, name in LANGUAGE_NAMES.items()}
@@ -61,6 +71,25 @@ def canonical_language(code: str) -> str:
     raise ValueError(f"not a language code: {code!r}")
 
 
+_REGION = re.compile(r"^([A-Za-z]{2}|[0-9]{3})$")
+
+
+def language_tag(code: str) -> str:
+    """:func:`canonical_language` keeping a region subtag: ``DE-CH`` -> ``de-CH``,
+    ``pt_br`` -> ``pt-BR``, ``ZH-Hans`` -> ``zh``, ``BCMS`` -> ``hbs``. Raises
+    ``ValueError`` like :func:`canonical_language`."""
+    base = canonical_language(code)
+    key = code.strip().lower().replace("_", "-")
+    if key in _ALIASES or "-" in base:
+        return base
+    parts = code.strip().replace("_", "-").split("-")
+    regions = [p for p in parts[1:] if _REGION.match(p)]
+    return f"{base}-{regions[0].upper()}" if regions else base
+
+
 def language_name(code: str) -> str:
-    """English name of a canonical code (the code itself when unknown)."""
-    return LANGUAGE_NAMES.get(code, code)
+    """English name of a canonical code or tag (the code itself when unknown)."""
+    if code in LANGUAGE_NAMES:
+        return LANGUAGE_NAMES[code]
+    base, _, region = code.partition("-")
+    return f"{LANGUAGE_NAMES[base]} ({region})" if region and base in LANGUAGE_NAMES else code

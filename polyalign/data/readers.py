@@ -39,7 +39,7 @@ from polyalign.data.formats.parallel import PARALLEL_SUFFIXES, read_parallel
 from polyalign.data.formats.preference import read_mlc, read_mpo, read_trl
 from polyalign.data.formats.xsafety import SUFFIXES as XSAFETY_SUFFIXES
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
-from polyalign.data.validation import Item, Problem, Record, validate_items
+from polyalign.data.validation import Item, Problem, Record, Tally, validate_items
 from polyalign.errors import UserError
 
 FORMATS = ("canonical", "mpo", "mlc", "trl", "multijail", "xsafety", "rtplx", "parallel", "jsonl", "csv")
@@ -49,17 +49,25 @@ log = logging.getLogger("polyalign.data")
 
 @dataclass
 class ReadResult:
-    """What a read produced: kept records, content problems, skip counts by reason."""
+    """What a read produced: kept records, content problems, skip counts by reason, and
+    the data rows read / used / skipped per language (``tally``): every data row of the
+    input is a record or a counted, located skip, ``rows == len(records) + sum(skipped)``."""
 
     path: Path
     format: str
     records: list[Record]
     problems: list[Problem] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    tally: Tally = field(default_factory=Tally)
 
     def record_types(self) -> Counter:
         """``{"PreferencePair": n, ...}``."""
         return Counter(type(r).__name__ for r in self.records)
+
+    @property
+    def rows(self) -> int:
+        """Data rows the reader went through (records + skipped)."""
+        return self.tally.total()["read"]
 
 
 def _detect_folder(path: Path) -> str:
@@ -172,8 +180,9 @@ def read_records(
         items = reader(path, **kwargs)
     checking = detect_language and check_language
     items = list(items)  # parse everything first: structural errors before any (slow) language check
-    records, problems, skipped = validate_items(items, check_language=checking, strict=strict)
-    return ReadResult(path=path, format=fmt, records=records, problems=problems, skipped=skipped)
+    tally = Tally()
+    records, problems, skipped = validate_items(items, check_language=checking, strict=strict, tally=tally)
+    return ReadResult(path=path, format=fmt, records=records, problems=problems, skipped=skipped, tally=tally)
 
 
 def _load(path: str | Path, format: str | None, kind: type, noun: str, kw: dict[str, Any]) -> list[Any]:
@@ -212,8 +221,10 @@ def load_prompt_variants(path: str | Path, format: str | None = None, **kw: Any)
         parsed = [Item(item.record.variants, item.file, item.line, item.checks)
                   for item in read_mlc(Path(path), language=kw.get("language"))]
         checking = kw.get("detect_language", True) and kw.get("check_language", True)
-        records, problems, skipped = validate_items(parsed, check_language=checking, strict=kw.get("strict", False))
-        result = ReadResult(Path(path), fmt, records, problems, skipped)
+        tally = Tally()
+        records, problems, skipped = validate_items(parsed, check_language=checking, strict=kw.get("strict", False),
+                                                    tally=tally)
+        result = ReadResult(Path(path), fmt, records, problems, skipped, tally)
     else:
         result = read_records(path, fmt, **kw)
     out = []

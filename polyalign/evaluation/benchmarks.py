@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from polyalign.data.languages import canonical_language
+from polyalign.data.languages import MACROLANGUAGE, canonical_language, language_tag
 from polyalign.data.records import EvalPrompt, PreferencePair
 from polyalign.errors import UserError
 
@@ -85,7 +85,7 @@ def _parse_spec(data: Any, file: str) -> BenchmarkSpec:
     if bad:
         raise UserError(f"unknown generation setting(s) {', '.join(sorted(bad))}", file=file, field="generation")
     try:
-        languages = tuple(canonical_language(code) for code in data.get("languages") or ())
+        languages = tuple(language_tag(code) for code in data.get("languages") or ())
         language = canonical_language(data["language"]) if data.get("language") else None
     except ValueError as exc:
         raise UserError(str(exc), file=file, field="languages") from None
@@ -284,12 +284,15 @@ def select_prompts(spec: BenchmarkSpec, path: Path, prompts: list[EvalPrompt], *
     present = sorted({p.language for p in prompts})
     if languages:
         try:
-            wanted = [canonical_language(code) for code in languages]
+            wanted = [language_tag(code) for code in languages]
         except ValueError as exc:
             raise UserError(str(exc), field="languages") from None
         missing = [code for code in wanted if code not in present]
         if missing:
-            raise UserError(f"language(s) {', '.join(missing)} not in {spec.name} data; available: {', '.join(present)}", file=path, field="languages")
+            hints = [f"{code} is inside {MACROLANGUAGE[code]}" for code in missing
+                     if MACROLANGUAGE.get(code) in present]
+            hint = f" ({'; '.join(hints)}: ask for {MACROLANGUAGE[missing[0]]})" if hints else ""
+            raise UserError(f"language(s) {', '.join(missing)} not in {spec.name} data; available: {', '.join(present)}{hint}", file=path, field="languages")
         keep = set(wanted)
         prompts = [p for p in prompts if p.language in keep]
     if categories:

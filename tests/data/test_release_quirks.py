@@ -1,0 +1,84 @@
+"""Self-written fixtures of each class of mess in the full public releases (XSafety,
+RTP-LX 2024, ...): every data row is a record or a counted, located skip."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from fixture_builders import WALK, write_csv, write_rtplx, write_xsafety
+
+from polyalign.data.readers import detect_format, read_records
+from polyalign.errors import UserError
+from polyalign.evaluation.benchmarks import load_benchmark
+
+
+def test_xsafety_quirks(tmp_path):
+    expected = write_xsafety(tmp_path / "xsafety")
+    result = read_records(tmp_path / "xsafety", check_language=False)
+    assert result.format == "xsafety"
+    assert len(result.records) == expected["records"] and dict(result.skipped) == expected["skipped"]
+    assert result.rows == expected["rows"] == len(result.records) + sum(result.skipped.values())
+    assert {r.category for r in result.records} == expected["categories"]
+    # Each skip located: the whitespace row at line 2, the alternative file's 3 rows.
+    located = sorted((p.file.rsplit("/", 2)[-2] + "/" + p.file.rsplit("/", 1)[-1], p.line, p.reason)
+                     for p in result.problems)
+    assert located == [("de/Insult.csv", 2, "empty text"), ("de/commen_sense.csv", 1, "alternative file"),
+                       ("de/commen_sense.csv", 2, "alternative file"), ("de/commen_sense.csv", 3, "alternative file")]
+    # Ids: position kept after the whitespace row; same id = same item in both languages.
+    ids = {r.id: r for r in result.records}
+    assert "xsafety-de-Insult-1" not in ids and ids["xsafety-de-Insult-2"].text == WALK["de"][2]
+    for category in expected["categories"]:
+        for i in range(3):
+            en, de = ids[f"xsafety-en-{category}-{i}"], ids.get(f"xsafety-de-{category}-{i}")
+            if de is not None:
+                assert en.source_id == de.source_id and WALK["en"].index(en.text) == WALK["de"].index(de.text) == i
+    assert ids["xsafety-de-Physical_Harm-0"].metadata["category_raw"] == "Physical_Har"
+    assert ids["xsafety-de-Commonsense-0"].text == WALK["de"][0]  # the canonical spelling is the one read
+    # A single messy file is still recognised on its own.
+    assert detect_format(tmp_path / "xsafety" / "en" / "Physical_Harm_en.csv") == "xsafety"
+    assert detect_format(tmp_path / "xsafety" / "de" / "Physical_Har.xlsx") == "xsafety"
+    # Category filter: one canonical name finds every language's file.
+    prompts = load_benchmark("xsafety", data=tmp_path / "xsafety", categories=["physical_harm"])
+    assert Counter(p.language for p in prompts) == {"en": 3, "de": 3}
+    with pytest.raises(UserError) as err:
+        load_benchmark("xsafety", data=tmp_path / "xsafety", categories=["Cooking"])
+    assert "insult" in str(err.value).lower() and err.value.field == "categories"
+
+
+def test_xsafety_text_in_a_second_column_is_an_error(tmp_path):
+    write_csv(tmp_path / "en" / "Insult.csv", [["one"], ["two", "oops"]])
+    with pytest.raises(UserError) as err:
+        read_records(tmp_path / "en" / "Insult.csv")
+    assert err.value.line == 2 and err.value.field == "column 2"
+
+
+def test_rtplx_2024_folder(tmp_path):
+    expected = write_rtplx(tmp_path / "rtplx")
+    result = read_records(tmp_path / "rtplx", check_language=False)
+    assert result.format == "rtplx" and not result.problems
+    assert Counter(r.language for r in result.records) == expected["per_language"]
+    assert result.rows == expected["rows"]
+    ids = {r.id: r for r in result.records}
+    # NA rows: stable ids numbered in file order, source ids unique to their language.
+    assert ids["rtplx-sw-NA-1"].text == WALK["sw"][0] and ids["rtplx-sw-NA-2"].text == WALK["sw"][1]
+    assert ids["rtplx-hbs-NA-2"].source_id == "hbs-NA-2"
+    # DE and DE-CH share index 0 (the same RealToxicityPrompts prompt) without colliding.
+    assert ids["rtplx-de-0"].source_id == ids["rtplx-de-CH-0"].source_id == "0"
+    assert ids["rtplx-de-CH-0"].metadata["locale"] == "DE-CH"
+    again = read_records(tmp_path / "rtplx", check_language=False)
+    assert [r.id for r in again.records] == [r.id for r in result.records]
+    # --languages with a region, BCMS by its tag, and a hint for a language inside it.
+    prompts = load_benchmark("rtplx", data=tmp_path / "rtplx", languages=["DE-CH", "hbs"])
+    assert Counter(p.language for p in prompts) == {"de-CH": 2, "hbs": 3}
+    with pytest.raises(UserError) as err:
+        load_benchmark("rtplx", data=tmp_path / "rtplx", languages=["sr"])
+    assert "hbs" in str(err.value)
+
+
+def test_rtplx_folder_never_skips_a_data_file(tmp_path):
+    write_rtplx(tmp_path / "rtplx")
+    (tmp_path / "rtplx" / "rtp_lx_extra.json").write_text('{"Prompt": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        read_records(tmp_path / "rtplx", format="rtplx")
+    assert err.value.file.endswith("rtp_lx_extra.json")
