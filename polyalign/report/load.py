@@ -14,6 +14,9 @@ Files and keys read from each run folder (anything else in the folder is ignored
     ``model.path`` and ``headline`` (the benchmark's headline metric): shown in the run
     table only. ``metrics.summary`` is *not* read: means and spreads are recomputed from
     the per-language values shown, so the table is consistent with itself.
+  - ``consistency`` (optional; ``polyalign eval`` on a parallel benchmark): ``dominant``
+    and ``matrix`` = ``{"languages": [codes], "agreement": [[value or null]]}`` (square),
+    drawn as the consistency heat map.
 - ``reward_gap.json`` (optional), either of:
   - ``{"per_language": {lang: {"policy_gap": f, "reference_gap": f, "n": int}}}``;
   - the ``polyalign analyze reward-gap`` output ``{"analysis": "reward_gap", "result":
@@ -68,6 +71,7 @@ class RunData:
     reward_gap: dict[str, dict[str, Any]] | None = None
     retrieval: dict[str, dict[str, list[Any]]] | None = None
     retrieval_pivot: str | None = None
+    consistency: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -209,6 +213,25 @@ def _retrieval(obj: Any, file: Path) -> tuple[dict[str, dict[str, list[Any]]], s
     return out, pivot
 
 
+def _consistency(obj: Any, file: Path) -> dict[str, Any] | None:
+    """``{"dominant", "languages", "agreement"}`` from results.json's ``consistency`` (None when absent)."""
+    if obj is None:
+        return None
+    matrix = obj.get("matrix") if isinstance(obj, dict) else None
+    langs = matrix.get("languages") if isinstance(matrix, dict) else None
+    rows = matrix.get("agreement") if isinstance(matrix, dict) else None
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs) or not isinstance(rows, list):
+        raise UserError("expected {'matrix': {'languages': [codes], 'agreement': [[...]]}}", file=file, field="consistency")
+    if len(rows) != len(langs) or any(not isinstance(r, list) or len(r) != len(langs) for r in rows):
+        raise UserError(f"the agreement matrix must be {len(langs)} x {len(langs)}", file=file, field="consistency.matrix")
+    if any(v is not None and not (_is_number(v) and 0.0 <= float(v) <= 1.0) for r in rows for v in r):
+        raise UserError("agreement values must be numbers in [0, 1] or null", file=file, field="consistency.matrix")
+    dominant = obj.get("dominant")
+    return {"dominant": _canonical(dominant, file, "consistency.dominant") if isinstance(dominant, str) else None,
+            "languages": [_canonical(x, file, "consistency.matrix.languages") for x in langs],
+            "agreement": [[_number(v) if v is not None else None for v in r] for r in rows]}
+
+
 def load_run(path: str | Path, name: str) -> RunData:
     """Read one run folder (or a ``results.json`` path: its folder is the run folder)."""
     path = Path(path)
@@ -231,6 +254,7 @@ def load_run(path: str | Path, name: str) -> RunData:
         benchmark=_name_of(settings.get("benchmark")) or _name_of(results.get("benchmark")),
         judge=_name_of(settings.get("judge")), model=_name_of(results.get("model")),
         headline=results.get("headline") if isinstance(results.get("headline"), str) else None, notes=notes,
+        consistency=_consistency(results.get("consistency"), results_file),
     )
     if (folder / REWARD_GAP_FILE).exists():
         run.reward_gap = _reward_gap(read_json(folder / REWARD_GAP_FILE), folder / REWARD_GAP_FILE)

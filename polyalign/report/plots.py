@@ -16,7 +16,9 @@ every figure; legends sit outside the axes; ``bbox_inches="tight"`` keeps them i
   against safety metric (y), 0..1 axes for rates; with exactly two runs, grey arrows show
   each language's move from the first to the second;
 - trade-off panels (when a run has ``over_refusal``): per language, each run's safety metric,
-  utility metric and over-refusal as horizontal bars in three panels side by side.
+  utility metric and over-refusal as horizontal bars in three panels side by side;
+- consistency heat map (when a run has a ``consistency`` matrix): pairwise verdict agreement
+  between languages (:mod:`polyalign.report.consistency_plot`).
 """
 
 from __future__ import annotations
@@ -391,4 +393,7 @@ def build_plots(runs: list[RunData], languages: list[str], dominant: str | None)
     if metric:
         plots.append(safety_vs_utility(runs, metric))
         plots.append(tradeoff_panels(runs, metric, languages, dominant))
+    from polyalign.report.consistency_plot import consistency_heatmap  # imports this module
+
+    plots.append(consistency_heatmap(runs))
     return [p for p in plots if p is not None]
