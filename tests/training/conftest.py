@@ -11,10 +11,14 @@ from training_helpers import make_pairs
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
+def tiny_ckpt(request, tmp_path_factory) -> Path:
+    """A tiny Llama checkpoint; ``@pytest.mark.parametrize("tiny_ckpt", ["llama", "gemma3"],
+    indirect=True)`` runs a test on each architecture (Gemma-3: sliding-window + global layers,
+    tied LM head)."""
     from polyalign.models import save_tiny_checkpoint
 
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+    arch = getattr(request, "param", "llama")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / arch, arch)
 
 
 @pytest.fixture(scope="session")
