@@ -8,6 +8,8 @@ Formats (``format=`` / ``--format``), and what auto-detection looks for:
 ``mpo``        ``*.json`` holding a JSON list of MPO items (``source_conversations`` ...)
 ``mlc``        JSONL with ``prompt``, ``chosen``, ``rejected`` and ``prompt_<lang>`` keys
 ``trl``        JSONL with ``chosen`` and ``rejected`` (``prompt`` optional: implicit prompt)
+``llamafactory`` LLaMA-Factory preference data: ``conversations``+``chosen``+``rejected``
+               (sharegpt) or ``instruction``+``chosen``+``rejected`` (alpaca)
 ``multijail``  CSV whose header has ``id`` and ``tags`` (plus ``en``, ``zh``, ...)
 ``xsafety``    a folder of ``<lang>/`` folders of CSV/xlsx files, a ``<lang>/`` folder, or a
                header-less one-column CSV (trailing empty columns allowed) or an ``.xlsx``
@@ -15,6 +17,8 @@ Formats (``format=`` / ``--format``), and what auto-detection looks for:
 ``rtplx``      ``RTP_LX_<LOCALE>.json`` files (JSONL), or a folder of them
 ``parallel``   a folder of >= 2 ``.txt``/``.jsonl`` files, one per language
 ``jsonl``      any other JSONL: needs ``column_map`` (see ``formats/generic``)
+
+Wherever JSON Lines is read, a file holding one JSON array of objects is read too.
 ``csv``        any other CSV: needs ``column_map``
 =============  =============================================================================
 
@@ -33,16 +37,18 @@ from typing import Any
 
 from polyalign.data.formats.benchmarks import _RTPLX_NAME, read_multijail, read_rtplx, read_xsafety
 from polyalign.data.formats.canonical import read_canonical
-from polyalign.data.formats.common import is_blank, iter_csv, iter_jsonl, known_language, read_text
+from polyalign.data.formats.common import first_object, is_blank, iter_csv, known_language, read_text
+from polyalign.data.formats.llamafactory import llamafactory_style, read_llamafactory
 from polyalign.data.formats.generic import read_generic
-from polyalign.data.formats.parallel import PARALLEL_SUFFIXES, read_parallel
+from polyalign.data.formats.parallel import PARALLEL_SUFFIXES, read_parallel, single_parallel_file
 from polyalign.data.formats.preference import read_mlc, read_mpo, read_trl
 from polyalign.data.formats.xsafety import SUFFIXES as XSAFETY_SUFFIXES
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.validation import Item, Problem, Record, Tally, validate_items
 from polyalign.errors import UserError
 
-FORMATS = ("canonical", "mpo", "mlc", "trl", "multijail", "xsafety", "rtplx", "parallel", "jsonl", "csv")
+FORMATS = ("canonical", "mpo", "mlc", "trl", "llamafactory", "multijail", "xsafety", "rtplx", "parallel", "jsonl",
+           "csv")
 _CANONICAL_TYPES = ("preference_pair", "parallel_pair", "prompt_variants", "eval_prompt")
 log = logging.getLogger("polyalign.data")
 
@@ -102,9 +108,7 @@ def _detect_json(path: Path) -> str:
         head = text[:4096]
         if "source_conversations" in head or "target_conversations" in head:
             return "mpo"
-        raise UserError("a JSON list that is not official MPO data (no 'source_conversations'); pass --format",
-                        file=path, line=1, field="format")
-    _, obj = next(iter_jsonl(path))
+    obj = first_object(path)
     keys = set(obj)
     if obj.get("type") in _CANONICAL_TYPES or {"dominant", "target"} <= keys or {"id", "prompts"} <= keys \
             or {"text", "benchmark"} <= keys:
@@ -113,8 +117,12 @@ def _detect_json(path: Path) -> str:
         return "rtplx"
     if "prompt" in keys and any(k.startswith("prompt_") for k in keys):
         return "mlc"
+    if llamafactory_style(keys) is not None:
+        return "llamafactory"
     if "chosen" in keys or "rejected" in keys:
         return "trl"
+    if single_parallel_file(path, obj):
+        return "parallel"
     return "jsonl"
 
 
@@ -175,7 +183,8 @@ def read_records(
     elif fmt in ("jsonl", "csv"):
         items = read_generic(path, fmt=fmt, **kwargs)
     else:
-        reader = {"canonical": read_canonical, "mlc": read_mlc, "trl": read_trl, "multijail": read_multijail,
+        reader = {"canonical": read_canonical, "mlc": read_mlc, "trl": read_trl, "llamafactory": read_llamafactory,
+                  "multijail": read_multijail,
                   "xsafety": read_xsafety, "rtplx": read_rtplx, "parallel": read_parallel}[fmt]
         items = reader(path, **kwargs)
     checking = detect_language and check_language

@@ -13,6 +13,11 @@ Each writer is the inverse of its reader: ``read -> write -> read`` gives equal 
   languages (the reader re-detects the target side, ``dominant_language`` must be passed
   again) nor metadata; an ``"id"`` key is added only to items whose id is not their
   list position, so re-reading keeps ids.
+* ``llamafactory`` / ``llamafactory-alpaca``: LLaMA-Factory preference data as one JSON
+  array (sharegpt: ``conversations`` + ``chosen``/``rejected`` turns; alpaca:
+  ``instruction`` + ``chosen``/``rejected`` strings, earlier turns in ``history``), with
+  ``id`` and ``language`` kept as extra keys; see :mod:`polyalign.data.formats.llamafactory`.
+  A :class:`ParallelPair` becomes two items, like TRL.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from typing import Any
 
 from polyalign.data.formats.canonical import canonical_row
 from polyalign.data.formats.common import message_dicts_sharegpt
+from polyalign.data.formats.llamafactory import alpaca_item, sharegpt_item
 from polyalign.data.records import ParallelPair, PreferencePair, messages_to_dicts
 from polyalign.data.validation import Record
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_jsonl, atomic_write_text
 
-WRITE_FORMATS = ("canonical", "trl", "mpo")
+WRITE_FORMATS = ("canonical", "trl", "mpo", "llamafactory", "llamafactory-alpaca")
 
 
 def trl_row(pair: PreferencePair) -> dict[str, Any]:
@@ -54,16 +60,19 @@ def _wrong(record: Record, index: int, fmt: str, wanted: str) -> UserError:
                      f"{type(record).__name__}", field="records")
 
 
-def trl_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
-    """TRL rows for pairs and parallel pairs (a UserError for any other record)."""
+def trl_rows(records: Iterable[Record], row: Any = trl_row, fmt: str = "trl") -> Iterator[dict[str, Any]]:
+    """TRL rows (or ``row(pair)``) for pairs and parallel pairs (a UserError for any other record)."""
     for index, record in enumerate(records):
-        if isinstance(record, ParallelPair):
-            yield trl_row(record.dominant)
-            yield trl_row(record.target)
-        elif isinstance(record, PreferencePair):
-            yield trl_row(record)
-        else:
-            raise _wrong(record, index, "trl", "preference pairs")
+        try:
+            if isinstance(record, ParallelPair):
+                yield row(record.dominant)
+                yield row(record.target)
+            elif isinstance(record, PreferencePair):
+                yield row(record)
+            else:
+                raise _wrong(record, index, fmt, "preference pairs")
+        except ValueError as exc:
+            raise UserError(f"record {index}: {exc}", field="records") from None
 
 
 def mpo_item(pair: ParallelPair, position: int) -> dict[str, Any]:
@@ -123,6 +132,10 @@ def _write(records: list[Record], path: str | Path, to: str) -> int:
     elif to == "mpo":
         rows = mpo_items(records)
         atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=4) + "\n")
+    elif to in ("llamafactory", "llamafactory-alpaca"):
+        item = sharegpt_item if to == "llamafactory" else alpaca_item
+        rows = list(trl_rows(records, item, to))
+        atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     else:
         raise UserError(f"unknown output format {to!r} (expected one of {', '.join(WRITE_FORMATS)})", field="to")
     return len(rows)

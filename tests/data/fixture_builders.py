@@ -82,3 +82,26 @@ def write_rtplx(root: Path) -> dict:
         (root / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     (root / "README.md").write_text("self-written RTP-LX-shaped fixture\n", encoding="utf-8")
     return {"per_language": {"de": 3, "de-CH": 2, "hbs": 3, "sw": 3}, "rows": 11}
+
+
+def write_llamafactory(folder: Path) -> dict:
+    """LLaMA-Factory preference files, both styles, as JSON arrays (plus a TRL JSON array)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    en, de = WALK["en"], WALK["de"]
+    sharegpt = [
+        {"conversations": [{"from": "human", "value": en[0]}], "chosen": {"from": "gpt", "value": "Yes, let us go."},
+         "rejected": {"from": "gpt", "value": "No."}},
+        {"conversations": [{"from": "human", "value": de[1]}, {"from": "gpt", "value": "Gern."},
+                           {"from": "human", "value": de[2]}],
+         "chosen": {"from": "gpt", "value": "Das klingt wunderbar."}, "rejected": {"from": "gpt", "value": "Nein."},
+         "system": "Sei freundlich.", "source": "self-written"},
+    ]
+    alpaca = [
+        {"instruction": en[1], "input": "", "chosen": "Try 'The True History of Tea'.", "rejected": "No."},
+        {"instruction": de[0], "input": de[2], "chosen": "Sehr gern.", "rejected": "Nein.",
+         "history": [[de[1], "Gern."]], "system": "Sei freundlich."},
+    ]
+    trl = [{"prompt": en[2], "chosen": "That sounds delicious.", "rejected": "Whatever.", "language": "en"}]
+    for name, items in (("sharegpt.json", sharegpt), ("alpaca.json", alpaca), ("trl_array.json", trl)):
+        (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=2), encoding="utf-8")
+    return {"sharegpt": sharegpt, "alpaca": alpaca, "trl": trl}

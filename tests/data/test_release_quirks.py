@@ -3,12 +3,14 @@ RTP-LX 2024, ...): every data row is a record or a counted, located skip."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
-from fixture_builders import WALK, write_csv, write_rtplx, write_xsafety
+from fixture_builders import WALK, write_csv, write_llamafactory, write_rtplx, write_xsafety
 
 from polyalign.data.readers import detect_format, read_records
+from polyalign.data.writers import write_records
 from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import load_benchmark
 
@@ -82,3 +84,44 @@ def test_rtplx_folder_never_skips_a_data_file(tmp_path):
     with pytest.raises(UserError) as err:
         read_records(tmp_path / "rtplx", format="rtplx")
     assert err.value.file.endswith("rtp_lx_extra.json")
+
+
+def test_llamafactory_both_styles_read_and_write(tmp_path):
+    raw = write_llamafactory(tmp_path / "lf")
+    share = read_records(tmp_path / "lf" / "sharegpt.json", check_language=False)
+    assert share.format == "llamafactory" and len(share.records) == 2 and share.rows == 2
+    first, second = share.records
+    assert first.prompt[0].content == raw["sharegpt"][0]["conversations"][0]["value"] and first.language == "en"
+    assert [m.role for m in second.prompt] == ["system", "user", "assistant", "user"]
+    assert second.chosen == "Das klingt wunderbar." and second.language == "de"
+    assert second.metadata == {"source": "self-written"}
+    alpaca = read_records(tmp_path / "lf" / "alpaca.json", check_language=False)
+    assert alpaca.format == "llamafactory"
+    a0, a1 = alpaca.records
+    assert a0.prompt[-1].content == raw["alpaca"][0]["instruction"]
+    assert a1.prompt[-1].content == raw["alpaca"][1]["instruction"] + "\n" + raw["alpaca"][1]["input"]
+    assert [m.role for m in a1.prompt] == ["system", "user", "assistant", "user"]
+    # Written back in either style and read again: the same pairs.
+    for style in ("llamafactory", "llamafactory-alpaca"):
+        for result in (share, alpaca):
+            out = tmp_path / f"{style}-{result.path.stem}.json"
+            write_records(result.records, out, style)
+            assert json.loads(out.read_text(encoding="utf-8"))[0]["id"] == "0"
+            again = read_records(out, check_language=False)
+            assert again.format == "llamafactory" and again.records == result.records
+
+
+def test_json_array_wherever_jsonl_is_read(tmp_path):
+    raw = write_llamafactory(tmp_path / "lf")
+    for fmt in (None, "trl"):
+        result = read_records(tmp_path / "lf" / "trl_array.json", fmt, check_language=False)
+        assert result.format == "trl" and [r.prompt[0].content for r in result.records] == [raw["trl"][0]["prompt"]]
+
+
+def test_single_file_of_a_multiway_parallel_folder(tmp_path):
+    path = tmp_path / "dpo_toxicity_pairwise_de_200.jsonl"
+    path.write_text("".join(json.dumps({"Prompt": t}, ensure_ascii=False) + "\n" for t in WALK["de"]),
+                    encoding="utf-8")
+    result = read_records(path, check_language=False)
+    assert result.format == "parallel" and [r.id for r in result.records] == ["0", "1", "2"]
+    assert [r.prompts["de"][0].content for r in result.records] == WALK["de"]

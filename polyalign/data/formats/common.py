@@ -145,9 +145,27 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[Loc, int, Any]]:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
-    """Yield ``(loc, object)`` per non-blank line; a cut last line says "truncated"."""
-    for number, obj in parse_jsonl(read_text(path, "jsonl"), path):
+    """Yield ``(loc, object)`` per non-blank line; a cut last line says "truncated".
+
+    A file holding one JSON array of objects (``[{...}, {...}]``, as LLaMA-Factory and
+    many exports write) is read the same way, item by item (``loc.label`` = ``item <i>``,
+    ``loc.line`` = the line where the item starts)."""
+    text = read_text(path, "jsonl")
+    if text.lstrip().startswith("["):
+        for loc, _index, item in iter_json_list(path):
+            if not isinstance(item, dict):
+                raise loc.error(None, f"expected an object, got {type_name(item)}")
+            yield loc, item
+        return
+    for number, obj in parse_jsonl(text, path):
         yield Loc(str(path), number), obj
+
+
+def first_object(path: str | Path) -> dict[str, Any]:
+    """The first object of a JSON Lines file or JSON array (format detection)."""
+    for _loc, obj in iter_jsonl(path):
+        return obj
+    raise UserError("file is empty (no records)", file=path, line=1)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,10 @@ File kinds: ``.txt`` (one prompt per line, named e.g. ``de.txt``) or ``.jsonl``/
 (one object per line with the text in the ``column_map["text"]`` field, else the only
 string field, else ``Prompt``/``prompt``/``text``). The language of each file is the part
 of its name that differs between files, e.g. ``dpo_toxicity_pairwise_<lang>_200.jsonl``.
+
+A single file of such a folder is read on its own (one language; ids are still the line
+index, so they match the other files'): its language is the one token of its name that
+is a known language code (``..._de_200.jsonl`` -> ``de``), else ``language=``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.common import Loc, iter_jsonl, language_code, read_text, type_name, user_prompt
+from polyalign.data.formats.common import (
+    Loc, iter_jsonl, known_language, language_code, read_text, type_name, user_prompt,
+)
 from polyalign.data.records import PromptVariants
 from polyalign.data.validation import Item, LangCheck
 from polyalign.errors import UserError
@@ -80,12 +86,34 @@ def _lines(file: Path, text_field: str | None) -> list[tuple[int, str]]:
     return out
 
 
-def read_parallel(path: Path, *, column_map: dict[str, str] | None = None, **_: Any) -> Iterator[Item]:
+def name_language(file: Path) -> str | None:
+    """The one token of a file name that is a known language code, else None."""
+    found = {known_language(t) for t in _tokens(file.stem) if len(t) in (2, 3) and t.isalpha()} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
+def single_parallel_file(path: Path, first: dict[str, Any]) -> bool:
+    """Whether a JSONL file looks like one file of a multiway-parallel folder: objects with
+    one text field (``Prompt``/``prompt``/``text``) and a language code in the name."""
+    return (len(first) == 1 and next(iter(first)) in _TEXT_KEYS and isinstance(next(iter(first.values())), str)
+            and name_language(path) is not None)
+
+
+def read_parallel(path: Path, *, column_map: dict[str, str] | None = None, language: str | None = None,
+                  **_: Any) -> Iterator[Item]:
     """A folder of multiway-parallel files -> PromptVariants per line; every file must
-    have the same number of prompts (else a UserError naming the file and both counts)."""
-    if not path.is_dir():
+    have the same number of prompts (else a UserError naming the file and both counts).
+    A single file gives one-language PromptVariants (see the module docstring)."""
+    if path.is_file():
+        lang = language or name_language(path)
+        if lang is None:
+            raise UserError("cannot tell the language of this file from its name; pass language= (--language)",
+                            file=path, field="language")
+        files = [(path, language_code(lang, Loc(str(path), None), "language"))]
+    elif not path.is_dir():
         raise UserError("multiway-parallel data is a folder of files, one per language", file=path)
-    files = parallel_files(path)
+    else:
+        files = parallel_files(path)
     text_field = (column_map or {}).get("text")
     columns = {lang: (file, _lines(file, text_field)) for file, lang in files}
     first_lang = next(iter(columns))

@@ -176,9 +176,15 @@ def read_trl(path: Path, *, language: str | None = None, detect_language: bool =
         parsed.append((loc, lang, PreferencePair(id=row_id, prompt=prompt, chosen=chosen, rejected=rejected,
                                                  language=lang or UNKNOWN_LANGUAGE, metadata=metadata,
                                                  variants=variants)))
-    for loc, lang, record in parsed:  # detection after parsing: structural errors first
+    yield from labelled_pairs(parsed)
+
+
+def labelled_pairs(parsed: list[tuple[Loc, str | None, PreferencePair]]) -> Iterator[Item]:
+    """Items for parsed pairs; a pair without a declared language gets lingua's guess on
+    its prompt (else its chosen answer). Run after parsing: structural errors come first."""
+    for loc, lang, record in parsed:
         checks = [LangCheck("prompt", prompt_text(record.prompt), lang)] if lang else []
         if lang is None:
             guess = _detect(prompt_text(record.prompt)) or _detect(record.chosen)
             record = replace(record, language=guess or UNKNOWN_LANGUAGE)
-        yield Item(record, loc.file, loc.line, checks)
+        yield Item(record, loc.file, loc.line, checks, loc.label)
