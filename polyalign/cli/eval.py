@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--column-map", action="append", metavar="FIELD=COLUMN[,...]",
                    help="column mapping for custom data (comma-separated or repeated), e.g. text=goal,language=lang")
     p.add_argument("--language", help="language of a single-language custom file")
+    p.add_argument("--attack", metavar="ATTACK",
+                   help="evaluate attacked prompts instead: code-switch[:POLICY.yaml][key=value,...] (CSRT-style mixing "
+                   "of the benchmark's parallel languages) or jailbreak[:TEMPLATES.yaml]; written to OUT/attack_prompts.jsonl")
     p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's")
     p.add_argument("--judge-option", action="append", metavar="KEY=VALUE", help="judge option (repeatable), e.g. model=gpt-4o")
     p.add_argument("--judge-batch-size", type=int, default=32, help="items per judge call (default 32)")
@@ -114,10 +117,18 @@ def run(args: argparse.Namespace) -> int:
 
     pairs = [part for item in args.column_map or [] for part in item.split(",") if part.strip()]
     column_map = _key_values(pairs, "--column-map", typed=False) or None
+    benchmark, data, languages, categories, limit = args.benchmark, args.data, args.languages, args.categories, args.limit
+    if args.attack:  # the selection applies to the source benchmark; the attacked prompts are evaluated whole
+        from polyalign.evaluation.attacks import prepare_attack
+
+        benchmark, data = prepare_attack(args.attack, args.benchmark, out_dir=args.out, data=args.data,
+                                         languages=args.languages, categories=args.categories, limit=args.limit,
+                                         seed=args.seed, column_map=column_map, language=args.language)
+        languages = categories = limit = column_map = None
     results = evaluate(
-        args.model, args.benchmark, out_dir=args.out, adapter=args.adapter, data=args.data, languages=args.languages,
-        categories=args.categories, limit=args.limit, seed=args.seed, column_map=column_map,
-        language=args.language, judge=args.judge, judge_options=_key_values(args.judge_option, "--judge-option", typed=True),
+        args.model, benchmark, out_dir=args.out, adapter=args.adapter, data=data, languages=languages,
+        categories=categories, limit=limit, seed=args.seed, column_map=column_map,
+        language=None if args.attack else args.language, judge=args.judge, judge_options=_key_values(args.judge_option, "--judge-option", typed=True),
         max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
         chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
         judge_batch_size=args.judge_batch_size, backend=args.backend, dtype=args.dtype, device=args.device,
