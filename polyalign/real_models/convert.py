@@ -144,6 +144,41 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
     if isinstance(template, str) and template and not (folder / "chat_template.jinja").is_file():
         # transformers 5 writes it already; keep it as a file a user can read and edit either way.
         (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    _check_tokenizer_round_trip(tokenizer, folder)
+
+
+# Scripts the shared data sets use, spaces, a special token written as text: the saved
+# tokenizer must split all of them exactly as the one transformers built from the GGUF.
+PROBE_TEXTS = ("The capital of France is Paris.", "  two leading spaces\tand a tab\nnew line",
+               "Die Hauptstadt von Deutschland ist Berlin.", "Столица России — Москва.", "日本の首都は東京です。",
+               "مرحبا بالعالم", "नमस्ते दुनिया", "안녕하세요 세계", "emoji 🙂 digits 12345")
+
+
+def _encodings(tokenizer: Any) -> list[list[int]]:
+    texts = [*PROBE_TEXTS, " ".join(str(t) for t in tokenizer.all_special_tokens)]
+    return [list(tokenizer(text).input_ids) for text in texts]
+
+
+def _check_tokenizer_round_trip(tokenizer: Any, folder: Path) -> None:
+    """Reload the saved tokenizer and compare; fall back to the generic class if a subclass re-derives it.
+
+    A model-specific tokenizer class may rebuild its normaliser or pre-tokenizer on load
+    (seen with a byte-level vocabulary under a Gemma header); the generic
+    ``TokenizersBackend`` loads ``tokenizer.json`` exactly as written.
+    """
+    from transformers import AutoTokenizer
+
+    wanted = _encodings(tokenizer)
+    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True)) == wanted:
+        return
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    _log(f"the saved {config.get('tokenizer_class')} splits text differently after reloading; "
+         "saving it as TokenizersBackend (tokenizer.json as written)")
+    config["tokenizer_class"] = "TokenizersBackend"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True)) != wanted:
+        raise UserError("the converted tokenizer does not reproduce the GGUF tokenizer after saving", file=folder)
 
 
 def convert_gguf(
