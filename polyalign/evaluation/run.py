@@ -125,8 +125,9 @@ def evaluate(
         settings = generation_settings(spec, seed, **overrides)
         judge_name = judge or spec.judge
         if spec.kind == "toxicity" and judge_name == "classifier" and "model" not in judge_options:
-            raise UserError("the classifier scorer needs a sequence-classification model: --judge-option model=PATH "
-                            "(or use --judge perspective)", field="judge")
+            raise UserError("the classifier scorer needs a sequence-classification model: --judge-option model=PATH, e.g. "
+                            "model=textdetox/xlmr-large-toxicity-classifier-v2 (Perspective is optional: --judge "
+                            "perspective; it goes offline after 2026)", field="judge")
         worker = build_judge(spec.kind, judge_name, judge_options)  # before generating: a bad judge fails fast
     elif benchmark is not None:
         log(f"--suite {','.join(suite_names)}: benchmark {benchmark} is not run (add safety to the suites)")
