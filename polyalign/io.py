@@ -42,6 +42,67 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write: {exc.strerror or exc}", file=path) from None
+    fsync_dir(path.parent)  # the rename itself must survive a power cut, not only the bytes
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so a rename or a new entry in it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and platforms) refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_jsonl_durably(path: str | Path, obj: Any) -> None:
+    """Append one JSON line in a single ``write`` on an ``O_APPEND`` descriptor, then fsync.
+
+    Concurrent appenders never interleave inside a line, and a line cut by a crash (no
+    trailing newline) is closed with a newline first, so the next line is never glued to it
+    (the reader then sees one bad line and reports it; see :func:`read_jsonl_tolerant`).
+    """
+    path = Path(path)
+    line = json.dumps(obj, ensure_ascii=False) + "\n"
+    try:
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            prefix = ""
+            if size:
+                with open(path, "rb") as handle:
+                    handle.seek(size - 1)
+                    prefix = "" if handle.read(1) == b"\n" else "\n"
+            os.write(fd, (prefix + line).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UserError(f"cannot append: {exc.strerror or exc}", file=path) from None
+    if created:
+        fsync_dir(path.parent)
+
+
+def read_jsonl_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """``(objects, bad_line_numbers)`` of an append-only log: a line torn by a crash is skipped
+    and its number returned, so the caller reports it instead of failing on its own log."""
+    objects: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            bad.append(number)
+            continue
+        (objects.append(obj) if isinstance(obj, dict) else bad.append(number))
+    return objects, bad
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -71,6 +132,51 @@ def file_fingerprint(path: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+HASH_CACHE_ENV = "POLYALIGN_CACHE_DIR"
+
+
+def hash_cache_dir() -> Path:
+    """Where :func:`content_sha256` keeps its cache (``$POLYALIGN_CACHE_DIR/file-hashes``)."""
+    base = os.environ.get(HASH_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "polyalign")
+    return Path(base) / "file-hashes"
+
+
+def _stat_key(st: os.stat_result) -> dict[str, int]:
+    return {"dev": st.st_dev, "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def content_sha256(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, cached by (device, inode, size, mtime_ns).
+
+    Model weights are gigabytes, so their hash is computed once and kept in
+    :func:`hash_cache_dir` (one small JSON per file, keyed by the resolved path); a file
+    rewritten in place, replaced (new inode), resized or touched is hashed again. The stat
+    is taken before and after hashing: a file that changed while it was read is not cached.
+    An unwritable cache only costs the re-hash, never the answer.
+    """
+    path = Path(path).resolve()
+    before = path.stat()
+    key = _stat_key(before)
+    entry = hash_cache_dir() / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+    try:
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        if isinstance(cached, dict) and cached.get("stat") == key and str(cached.get("sha256", "")).startswith("sha256:"):
+            return str(cached["sha256"])
+    except (OSError, ValueError):
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    value = "sha256:" + digest.hexdigest()
+    if _stat_key(path.stat()) == key:
+        try:
+            atomic_write_json(entry, {"path": str(path), "stat": key, "sha256": value})
+        except UserError:
+            pass
+    return value
 
 
 def text_fingerprint(*parts: Any) -> str:
@@ -134,6 +240,8 @@ def parse_jsonl(text: str, path: str | Path) -> Iterator[tuple[int, dict[str, An
             last = all(not rest.strip() for rest in lines[number:])
             hint = " (file looks truncated)" if last and not text.endswith("\n") else ""
             raise UserError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}", file=path, line=number) from None
+        except RecursionError:  # json's C parser recurses once per nesting level
+            raise UserError("invalid JSON: nested too deeply", file=path, line=number) from None
         if not isinstance(obj, dict):
             raise UserError(f"expected a JSON object per line, got {json_type_name(obj)}", file=path, line=number)
         yield number, obj

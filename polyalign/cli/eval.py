@@ -61,6 +61,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's")
     p.add_argument("--judge-option", action="append", metavar="KEY=VALUE", help="judge option (repeatable), e.g. model=gpt-4o")
     p.add_argument("--judge-batch-size", type=int, default=32, help="items per judge call (default 32)")
+    p.add_argument("--max-judge-error-share", type=float, default=0.05,
+                   help="fail (exit 2, after writing the results) when more than this share of a language's items "
+                        "could not be judged (default 0.05)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--num-samples", type=int, help="samples per prompt (needs --temperature > 0)")
     p.add_argument("--temperature", type=float, help="0 = greedy")
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
         judge_batch_size=args.judge_batch_size, backend=args.backend, dtype=args.dtype, device=args.device,
         trust_remote_code=args.trust_remote_code, scorer_model=args.scorer_model, progress=not args.no_progress,
+        max_judge_error_share=args.max_judge_error_share,
         batch_delay=args.batch_delay, suites=suites, utility_tasks=args.utility_task, lm_eval_tasks=args.lm_eval_tasks,
         lm_eval_include=args.lm_eval_include, utility_limit=args.utility_limit, benign_benchmark=args.benign_benchmark,
         benign_judge=args.benign_judge,

@@ -8,29 +8,57 @@ store) and descriptive parts (paths, sizes) that only go into ``results.json``.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from polyalign.io import file_fingerprint, text_fingerprint
+from polyalign.io import content_sha256, file_fingerprint, text_fingerprint
 
-# Weights up to this size are hashed byte for byte; larger ones by file names and sizes.
-HASH_WEIGHTS_UP_TO = 512 * 1024 * 1024
+# In-memory models up to this many parameters are hashed tensor by tensor; a bigger one
+# (copying it off the accelerator would take minutes) gets a weak identity: its store is
+# never reused.
 HASH_PARAMS_UP_TO = 200_000_000
 SECRET_WORDS = ("key", "token", "secret", "password", "auth")
+WEAK = "weak"  # identity["strength"] when the weights' content is not known
 
 
-def _weights_identity(folder: Path) -> dict[str, Any]:
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
-    total = sum(p.stat().st_size for p in files if p.suffix == ".safetensors")
-    if total <= HASH_WEIGHTS_UP_TO:
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(file.name.encode())
-            digest.update(file_fingerprint(file).encode())
-        return {"files_sha256": digest.hexdigest()}
-    return {"files": {p.name: p.stat().st_size for p in files}, "config_sha": file_fingerprint(folder / "config.json") if (folder / "config.json").exists() else None}
+def folder_identity(folder: Path) -> dict[str, Any]:
+    """Content hash of every file directly in a model folder (weights, config, tokenizer).
+
+    Each file's sha256 comes from :func:`polyalign.io.content_sha256` (cached by inode,
+    size and mtime_ns), so a multi-gigabyte checkpoint is read once, and two fine-tunes of
+    one base with identical shard sizes never share an identity.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {"files": {p.name: content_sha256(p) for p in files}, "strength": "content"}
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub id (None when it is not in the local cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means: not resolvable offline
+        return None
+
+
+def source_identity(source: str | Path) -> dict[str, Any]:
+    """Identity of a model named by a folder or a cached hub id, without loading it (vLLM).
+
+    A hub id is resolved to its cached snapshot and hashed like a folder; one that cannot
+    be resolved gets a weak identity (``strength: weak`` with the reason).
+    """
+    local = Path(source)
+    if local.is_dir():
+        return folder_identity(local)
+    snapshot = _hub_snapshot(str(source))
+    if snapshot is not None and snapshot.is_dir():
+        return {"hub_id": str(source), **folder_identity(snapshot)}
+    return {"hub_id": str(source), "strength": WEAK,
+            "weak_reason": f"{source} is neither a folder nor a hub id in the local cache, so its weights cannot be hashed"}
 
 
 def _params_sha(model: Any) -> str | None:
@@ -46,27 +74,35 @@ def _params_sha(model: Any) -> str | None:
     return digest.hexdigest()
 
 
+def weak_reason(identity: dict[str, Any]) -> str | None:
+    """Why ``identity`` cannot tell two models apart (None when it is a content hash)."""
+    return identity.get("weak_reason", "the model's identity is weak") if identity.get("strength") == WEAK else None
+
+
 def model_fingerprint(model: Any, source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any]:
     """``{"source", "adapter", "class", "num_parameters", "dtype", "identity": {...}}``.
 
-    ``identity`` is the weight files' hash for a local folder (or names and sizes above
-    512 MiB), otherwise the hash of the in-memory parameters (above 200 M parameters only
-    the config hash: an in-memory giant cannot be told apart from its config).
+    ``identity`` is the content hash of the model folder's files (:func:`source_identity`;
+    a hub id through its cached snapshot), otherwise the hash of the in-memory parameters.
+    Above 200 M in-memory parameters it is weak (``strength: weak``): a store written then
+    is never reused (:func:`weak_reason`).
     """
     config = getattr(model, "config", None)
     config_dict = config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
     for volatile in ("_name_or_path", "transformers_version", "name_or_path"):
         config_dict.pop(volatile, None)
     identity: dict[str, Any] = {"config_sha": text_fingerprint(config_dict)}
-    local = Path(source) if source is not None else None
-    if local is not None and local.is_dir():
-        identity.update(_weights_identity(local))
-    elif local is not None and not local.exists():
-        identity["hub_id"] = str(source)  # a cached hub id: its name is its identity
+    if source is not None:
+        identity.update(source_identity(source))
     else:
-        identity["params_sha256"] = _params_sha(model)
+        sha = _params_sha(model)
+        identity["params_sha256"] = sha
+        identity["strength"] = "content" if sha is not None else WEAK
+        if sha is None:
+            identity["weak_reason"] = (f"an in-memory model over {HASH_PARAMS_UP_TO:,} parameters is not hashed "
+                                       "(pass its folder instead)")
     if adapter is not None:
-        identity["adapter"] = file_fingerprint(adapter)
+        identity["adapter"] = adapter_identity(adapter)
     try:
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         num = sum(p.numel() for p in model.parameters())
@@ -80,6 +116,16 @@ def model_fingerprint(model: Any, source: str | Path | None, adapter: str | Path
         "dtype": dtype,
         "identity": identity,
     }
+
+
+def adapter_identity(adapter: str | Path) -> str:
+    """``sha256:<hex>`` over every file of an adapter folder (relative names and content
+    hashes, each cached like the weights'), or of one adapter file."""
+    path = Path(adapter)
+    files = ([p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+             if path.is_dir() else [path])
+    listing = [(str(p.relative_to(path)) if path.is_dir() else p.name, content_sha256(p)) for p in files]
+    return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def data_fingerprint(path: Path, prompts: list[Any]) -> dict[str, Any]:
@@ -96,6 +142,15 @@ def data_fingerprint(path: Path, prompts: list[Any]) -> dict[str, Any]:
     }
 
 
-def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """Options with secret-looking values (api keys, tokens) replaced by ``"***"``."""
-    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in options.items()}
+def redact(options: Any) -> Any:
+    """``options`` with secret-looking values replaced by ``"***"``, recursively: values under
+    keys naming a key, token, secret, password or auth, and in every string a URL's secret
+    query values (``key=``, ``api-key=``, ``token=``...) and ``user:password@``."""
+    from polyalign.evaluation.judges.http import redact as redact_text
+
+    if isinstance(options, dict):
+        return {k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) and not str(k).lower().endswith("_env")
+                    else redact(v)) for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return [redact(v) for v in options]
+    return redact_text(options) if isinstance(options, str) else options

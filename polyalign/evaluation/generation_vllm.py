@@ -29,6 +29,30 @@ def _adapter_rank(adapter: str) -> int | None:
         return None
 
 
+def check_adapter(adapter: str | Path) -> Path:
+    """The adapter folder, which must hold ``adapter_model.safetensors`` (never a pickle)."""
+    path = Path(adapter)
+    if not path.is_dir():
+        raise UserError("no such adapter folder", file=path, field="adapter")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise UserError("no adapter_model.safetensors in the adapter folder (safetensors only)", file=path, field="adapter")
+    return path
+
+
+def engine_options(adapter: str | None, *, trust_remote_code: bool, **options: Any) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments: weights from safetensors only (vLLM would otherwise
+    fall back to pickled ``*.bin``/``*.pt``), LoRA slots sized to the adapter."""
+    engine = {**options, "trust_remote_code": trust_remote_code, "load_format": "safetensors"}
+    if adapter is not None:
+        check_adapter(adapter)
+        # vLLM preallocates LoRA slots of max_lora_rank (default 16): size them to the adapter.
+        engine.setdefault("enable_lora", True)
+        rank = _adapter_rank(adapter)
+        if rank is not None:
+            engine.setdefault("max_lora_rank", rank)
+    return engine
+
+
 class VLLMGenerator:
     """Generation with vLLM (optional dependency, imported here only).
 
@@ -39,7 +63,9 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_path: str, settings: GenerationSettings, *, batch_size: int = DEFAULT_VLLM_BATCH_SIZE, adapter: str | None = None,
-                 trust_remote_code: bool = False, **engine_options: Any) -> None:
+                 trust_remote_code: bool = False, **engine_kwargs: Any) -> None:
+        if adapter is not None:
+            check_adapter(adapter)  # before the engine starts: a pickled adapter is never loaded
         try:
             import vllm  # noqa: PLC0415 - optional, heavy
         except ImportError:
@@ -47,13 +73,8 @@ class VLLMGenerator:
         self._vllm = vllm
         self.settings = settings.validate()
         self.batch_size = batch_size
-        if adapter is not None:
-            # vLLM preallocates LoRA slots of max_lora_rank (default 16): size them to the adapter.
-            engine_options.setdefault("enable_lora", True)
-            rank = _adapter_rank(adapter)
-            if rank is not None:
-                engine_options.setdefault("max_lora_rank", rank)
-        self.llm = vllm.LLM(model=str(model_path), trust_remote_code=trust_remote_code, **engine_options)
+        options = engine_options(adapter, trust_remote_code=trust_remote_code, **engine_kwargs)
+        self.llm = vllm.LLM(model=str(model_path), **options)
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
         if adapter is not None:

@@ -33,15 +33,16 @@ from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
 from polyalign.evaluation.consistency import consistency_section
-from polyalign.evaluation.fingerprints import data_fingerprint, model_fingerprint, redact
+from polyalign.evaluation.fingerprints import adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
 from polyalign.evaluation.stages import build_judge, generate_and_judge, generation_settings, load_model, log
-from polyalign.evaluation.metrics import summarize
+from polyalign.evaluation.metrics import error_share_violation, summarize
 from polyalign.evaluation.store import new_run_id
 from polyalign.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+DEFAULT_MAX_JUDGE_ERROR_SHARE = 0.05
 __all__ = ["RESULTS_JSON", "RESULTS_MD", "build_judge", "evaluate", "generation_settings"]
 
 
@@ -83,6 +84,7 @@ def evaluate(
     utility_limit: int | None = None,
     benign_benchmark: str | Path | None = None,
     benign_judge: str | None = None,
+    max_judge_error_share: float = DEFAULT_MAX_JUDGE_ERROR_SHARE,
 ) -> dict[str, Any]:
     """Run the suites end to end and return the results dict (also written to ``out_dir``).
 
@@ -97,12 +99,19 @@ def evaluate(
     ``utility_limit`` (items per language; also caps the benign prompts, else ``limit`` does)
     and ``benign_benchmark`` (over-refusal; judged by ``benign_judge``, default the safety
     judge with ``judge_options``, else ``refusal``). At least one of them is needed.
+
+    ``max_judge_error_share``: when more than this share of a language's items could not be
+    judged (scored), the results are still written (with ``unsafe_rate_worst``), then the run
+    fails with a :class:`UserError` (exit 2): a rate over the few items a provider agreed to
+    judge is not a result.
     """
     started = time.time()
     suite_names = S.parse_suites(suites)
     out = Path(out_dir)
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown backend {backend!r}; use hf or vllm", field="backend")
+    if not 0.0 <= max_judge_error_share <= 1.0:
+        raise UserError(f"max_judge_error_share must be in [0, 1], got {max_judge_error_share}", field="max_judge_error_share")
     for name, value in (("limit", limit), ("utility_limit", utility_limit)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be a positive number, got {value}", field=name)
@@ -149,8 +158,11 @@ def evaluate(
         generator: Any = VLLMGenerator(str(model_or_path), settings, batch_size=batch_size, adapter=str(adapter) if adapter else None,
                                        trust_remote_code=trust_remote_code, dtype=str(dtype) if dtype else "auto")
         tok, model = generator.tokenizer, None
+        identity = source_identity(model_or_path)  # the weights' content, never the path alone
+        if adapter:
+            identity["adapter"] = adapter_identity(adapter)
         model_fp = {"source": str(model_or_path), "adapter": str(adapter) if adapter else None, "backend": "vllm",
-                    "identity": {"path_or_id": str(model_or_path)}}
+                    "identity": identity}
     else:
         batch_size = batch_size or DEFAULT_BATCH_SIZE
         was_training = bool(getattr(model_or_path, "training", False))  # an in-memory model gets its mode back
@@ -167,8 +179,9 @@ def evaluate(
                                       folder=out, run_id=run_id, judge_batch_size=judge_batch_size, progress=progress,
                                       batch_delay=batch_delay)
             run_stats.update(done["stats"])
+            # --trust-remote-code is for the evaluated model only, never for the scorer model.
             metrics = compute_metrics(spec.kind, prompts, done["generations"], done["judgments"], scorer_model=scorer_model,
-                                      device=device, trust_remote_code=trust_remote_code)
+                                      device=device, trust_remote_code=False)
             per_language = metrics["per_language"]
             if spec.kind == "safety":  # parallel benchmarks only (else None); from the stored verdicts
                 consistency = consistency_section(prompts, done["generations"], done["judgments"], out)
@@ -207,6 +220,12 @@ def evaluate(
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_text(out / RESULTS_MD, render_markdown(results))
     log(f"wrote {out / RESULTS_JSON} and {out / RESULTS_MD}")
+    violation = error_share_violation(per_language, max_judge_error_share) if spec else None
+    over = (utility or {}).get("over_refusal")
+    if violation is None and over:
+        violation = error_share_violation(over["per_language"], max_judge_error_share)
+    if violation:
+        raise UserError(violation, file=out / RESULTS_JSON, field="max_judge_error_share")
     return results
 
 

@@ -8,6 +8,7 @@ finished work is skipped on a rerun with the same settings, other settings are r
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import BenchmarkSpec
+from polyalign.evaluation.fingerprints import weak_reason
 from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
 from polyalign.evaluation.store import JsonlStore
 from polyalign.io import text_fingerprint
@@ -76,15 +78,28 @@ def build_judge(kind: str, name: str, options: dict[str, Any]) -> Any:
     return get_scorer(name, **options) if kind == "toxicity" else get_judge(name, **options)
 
 
+def response_sha(text: str) -> str:
+    """sha256 (hex) of the exact text a judgment was made on (stored with the judgment)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _judge_key(g: dict[str, Any]) -> tuple:
+    return (g["id"], g["sample"], response_sha(g["text"]))
+
+
 def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
                 store: JsonlStore, *, batch_size: int, progress: bool) -> dict[str, int]:
-    """Judge (safety) or score (toxicity) every generation not yet in ``store``."""
+    """Judge (safety) or score (toxicity) every generation whose text has no verdict in ``store``.
+
+    A verdict is keyed by ``(id, sample, response_sha256)``: one stored for another text of
+    the same item (a regenerated or edited generation) is never reused, the text is judged again.
+    """
     from tqdm import tqdm
 
     from polyalign.evaluation.judges import JudgeInput
 
     by_id = {p.id: p for p in prompts}
-    pending = [g for g in generations if (g["id"], g["sample"]) not in store]
+    pending = [g for g in generations if _judge_key(g) not in store]
     errors = 0
     bar = tqdm(total=len(generations), initial=len(generations) - len(pending), desc="judging" if kind == "safety" else "scoring",
                unit="item", disable=not progress, dynamic_ncols=True)
@@ -103,6 +118,8 @@ def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generatio
                 rows = [{"id": g["id"], "sample": g["sample"], "language": g["language"], **j.to_dict()}
                         for g, j in zip(chunk, judgments, strict=True)]
                 good = [r for r in rows if r.get("label") != "error"]
+            for g, row in zip(chunk, rows, strict=True):
+                row["response_sha256"] = response_sha(g["text"])
             errors += len(rows) - len(good)
             store.append(good)  # failures are not stored: the next run retries them
             bar.update(len(chunk))
@@ -139,21 +156,24 @@ def generate_and_judge(
     tasks = make_tasks(tokenizer, prompts, settings)
     n_languages = len({p.language for p in prompts})
     log(f"{name}: {len(prompts)} prompts x {settings.num_samples} sample(s) in {n_languages} language(s) -> {folder}")
-    with JsonlStore(folder / GENERATIONS, kind="generations", fingerprint=gen_fp, settings=gen_settings, run_id=run_id) as gen_store:
+    weak = weak_reason(model_identity) if isinstance(model_identity, dict) else None
+    with JsonlStore(folder / GENERATIONS, kind="generations", fingerprint=gen_fp, settings=gen_settings, run_id=run_id,
+                    refuse_reuse=weak, hint="use a new --out folder (or delete the file) to generate again") as gen_store:
         gen_stats = run_generation(generator, tasks, gen_store, progress=progress, batch_delay=batch_delay)
         generations = [gen_store.get(t.key) for t in tasks]
         gen_torn = gen_store.recovered_torn_lines
     log(f"generated {gen_stats['generated']} new, reused {gen_stats['reused']} from the store (run {run_id})")
 
     # The judge's own settings() (never secrets) identify its verdicts.
-    judge_settings = {"generations": gen_fp, "kind": kind, "judge": worker.settings()}
+    judge_settings = {"generations": gen_fp, "kind": kind, "judge": worker.settings(), "keyed_by": "response_sha256"}
     hint = (f"to judge the same generations differently, copy {GENERATIONS} into a new --out folder and rerun there "
             "(generation is then skipped)")
     with JsonlStore(folder / JUDGMENTS, kind="judgments", fingerprint=text_fingerprint(judge_settings), settings=judge_settings,
-                    run_id=run_id, hint=hint) as judge_store:
+                    key_fields=("id", "sample", "response_sha256"), run_id=run_id, hint=hint) as judge_store:
         judge_stats = judge_stage(kind, worker, prompts, generations, judge_store, batch_size=judge_batch_size,
                                   progress=progress)
-        judgments = {(r["id"], r["sample"]): r for r in judge_store.records()}
+        # Only verdicts on the exact texts generated now count (keyed by the text's hash).
+        judgments = {(g["id"], g["sample"]): r for g in generations if (r := judge_store.get(_judge_key(g))) is not None}
         judge_torn = judge_store.recovered_torn_lines
     if judge_stats["judge_errors"]:
         log(f"{judge_stats['judge_errors']} item(s) could not be judged (counted as n_error; rerun to retry)")

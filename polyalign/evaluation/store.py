@@ -13,8 +13,10 @@ Guarantees:
   ``recovered_torn_lines``, reported on stderr); that record is then produced again, once.
   A bad line anywhere else is corruption, not a torn write: a :class:`UserError` naming
   the line.
-- The header fingerprint must equal the current one: a store written with other settings
-  is a :class:`UserError` naming the file and the first differing setting, never mixed.
+- The header is checked before anything else: a file whose first line is not this kind of
+  store's header, or whose fingerprint differs from the current one, is a
+  :class:`UserError` (naming the file and the first differing setting) and is never
+  truncated or written to. Only then is a torn last line cut away.
 - One writer at a time: the file is ``flock``-ed while open (released by the OS on kill).
 - A key appearing twice (cannot happen through this class) keeps its first record.
 """
@@ -55,6 +57,8 @@ class JsonlStore:
     ``kind`` names what is stored (``"generations"``); ``fingerprint`` is a short hash of
     ``settings`` (everything that changes a record's content). ``key_fields`` name the
     record fields that identify a unit of work; ``hint`` ends the settings-mismatch message.
+    ``refuse_reuse`` (a reason) makes a store that already holds records a :class:`UserError`:
+    used when the model's identity is too weak to prove the records are its own.
     """
 
     def __init__(
@@ -67,9 +71,11 @@ class JsonlStore:
         key_fields: Sequence[str] = ("id", "sample"),
         run_id: str | None = None,
         hint: str = "use another output folder or delete the file to start over",
+        refuse_reuse: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.hint = hint
+        self.refuse_reuse = refuse_reuse
         self.kind = kind
         self.fingerprint = fingerprint
         self.settings = settings or {}
@@ -103,13 +109,36 @@ class JsonlStore:
             raise
 
     # -- reading ---------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        return {"_store": self.kind, "version": STORE_VERSION, "fingerprint": self.fingerprint, "settings": self.settings}
+
     def _load(self) -> None:
         self._handle.seek(0)
         data = self._handle.read()
-        if not data.strip():
-            self._truncate(0)
-            self._write_lines([{"_store": self.kind, "version": STORE_VERSION, "fingerprint": self.fingerprint, "settings": self.settings}])
+        if not data:
+            self._write_lines([self._header()])
             return
+        # The header is checked before anything is truncated: a file that is not this kind
+        # of store (or one written with other settings) is refused and left byte for byte.
+        own_prefix = ('{"_store": ' + json.dumps(self.kind)).encode()
+        first, newline, _rest = data.partition(b"\n")
+        if not newline:
+            # One line without a newline: only a torn write of our own header may be cut away.
+            if not (data.startswith(own_prefix) or own_prefix.startswith(data)):
+                raise UserError(f"not a polyalign {self.kind} store (first line is not its header); left untouched",
+                                file=self.path, line=1)
+            self.recovered_torn_lines += 1
+            self._report_torn()
+            self._truncate(0)
+            self._write_lines([self._header()])
+            return
+        header = self._parse(first)
+        if header is None or header.get("_store") != self.kind:
+            raise UserError(f"not a polyalign {self.kind} store (first line is not its header); left untouched",
+                            file=self.path, line=1)
+        if header.get("fingerprint") != self.fingerprint:
+            diff = _first_difference(header.get("settings"), self.settings)
+            raise UserError(f"was written with different settings ({diff}); {self.hint}", file=self.path, field="settings")
         lines = data.split(b"\n")
         # ``data`` ends with b"\n" for a clean file, so the last element is b"" then.
         complete, tail = lines[:-1], lines[-1]
@@ -117,14 +146,11 @@ class JsonlStore:
         if tail:
             self.recovered_torn_lines += 1
         parsed: list[tuple[int, dict[str, Any]]] = []
-        for number, raw in enumerate(complete, start=1):
+        for number, raw in enumerate(complete[1:], start=2):
             if not raw.strip():
                 continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise ValueError("not an object")
-            except (ValueError, UnicodeDecodeError):
+            obj = self._parse(raw)
+            if obj is None:
                 if number == len(complete) and not tail:
                     # A torn final line that happened to end at a newline boundary.
                     self.recovered_torn_lines += 1
@@ -132,23 +158,13 @@ class JsonlStore:
                     continue
                 raise UserError(f"corrupt {self.kind} store line (not a torn last line); fix or delete the file", file=self.path, line=number) from None
             parsed.append((number, obj))
+        if parsed and self.refuse_reuse:
+            raise UserError(f"holds {len(parsed)} earlier record(s), but {self.refuse_reuse}: they cannot be shown to "
+                            f"come from this model; {self.hint}", file=self.path, field="model")
         if self.recovered_torn_lines:
             self._truncate(keep_bytes)
-            print(f"polyalign: {self.path}: removed {self.recovered_torn_lines} torn last line(s) from an interrupted write; "
-                  "that work is redone", file=sys.stderr)
-        if not parsed:
-            self._write_lines([{"_store": self.kind, "version": STORE_VERSION, "fingerprint": self.fingerprint, "settings": self.settings}])
-            return
-        number, header = parsed[0]
-        if header.get("_store") != self.kind:
-            raise UserError(f"not a polyalign {self.kind} store (first line is not its header)", file=self.path, line=number)
-        if header.get("fingerprint") != self.fingerprint:
-            diff = _first_difference(header.get("settings"), self.settings)
-            raise UserError(
-                f"was written with different settings ({diff}); {self.hint}",
-                file=self.path, field="settings",
-            )
-        for number, obj in parsed[1:]:
+            self._report_torn()
+        for number, obj in parsed:
             try:
                 key = self.key_of(obj)
             except KeyError as exc:
@@ -157,6 +173,19 @@ class JsonlStore:
                 self.duplicates += 1
                 continue
             self._records[key] = obj
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any] | None:
+        """A line's JSON object, or None when it is not one (bad bytes, bad JSON, too deep)."""
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def _report_torn(self) -> None:
+        print(f"polyalign: {self.path}: removed {self.recovered_torn_lines} torn last line(s) from an interrupted write; "
+              "that work is redone", file=sys.stderr)
 
     def key_of(self, record: dict[str, Any]) -> tuple:
         """The record's key: the values of ``key_fields``."""

@@ -18,7 +18,7 @@ from polyalign.errors import UserError
 from polyalign.io import atomic_write_bytes, atomic_write_text
 from polyalign.report.html import Report, render_html, render_markdown
 from polyalign.report.load import RunData, load_run, load_runs
-from polyalign.report.plots import Plot, build_plots
+from polyalign.report.plots import Plot, build_plots, safe_slug
 from polyalign.report.tables import Table, analysis_tables, build_tables, dominant_warnings, language_order
 
 __all__ = ["Plot", "Report", "RunData", "Table", "build_report", "load_run", "load_runs", "make_report"]
@@ -66,9 +66,14 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, names: list[str] | None
     except OSError as exc:
         raise UserError(f"cannot create the output folder: {exc.strerror or exc}", file=out_dir) from None
     image_files = {}
+    root = out_dir.resolve()
     for plot in report.plots:
-        image_files[plot.slug] = f"{plot.slug}.png"
-        atomic_write_bytes(out_dir / image_files[plot.slug], plot.png)
+        name = f"{safe_slug(plot.slug)}.png"
+        target = (out_dir / name).resolve()
+        if target.parent != root:  # a name from results.json must never leave the report folder
+            raise UserError(f"figure name {plot.slug!r} would be written outside the report folder", file=out_dir)
+        image_files[plot.slug] = name
+        atomic_write_bytes(target, plot.png)
     atomic_write_text(out_dir / "report.md", render_markdown(report, image_files))
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, render_html(report))

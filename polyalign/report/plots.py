@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -42,14 +43,30 @@ LANGUAGE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c5
                     "#bcbd22", "#17becf", "#000000", "#e7ba52", "#393b79", "#637939", "#a55194", "#006d5b")
 
 
+_UNSAFE_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_slug(text: str) -> str:
+    """A file-name stem from ``text`` (a metric name read from results.json is untrusted):
+    only ASCII letters, digits, ``_`` and ``-``; no separators, no ``..``, never empty."""
+    slug = _UNSAFE_SLUG.sub("_", text).strip("_-")[:100]
+    return slug or "figure"
+
+
 @dataclass
 class Plot:
-    """One rendered figure: ``slug`` names the PNG file, ``png`` holds its bytes."""
+    """One rendered figure: ``slug`` names the PNG file, ``png`` holds its bytes.
+
+    The slug is sanitised on creation (:func:`safe_slug`): it may come from metric names.
+    """
 
     slug: str
     title: str
     caption: str
     png: bytes
+
+    def __post_init__(self) -> None:
+        self.slug = safe_slug(self.slug)
 
 
 def run_colour(index: int) -> str:

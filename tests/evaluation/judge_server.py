@@ -11,6 +11,9 @@ different items behave independently and deterministically:
 - ``[[sleep:S]]``        sleep S seconds before answering (every request)
 - ``[[garbage:notjson]]`` 200 with a body that is not JSON
 - ``[[garbage:nochoices]]`` 200 with JSON lacking ``choices`` / ``attributeScores``
+- ``[[garbage:deep]]``   200 with JSON nested 100 000 levels deep
+- ``[[garbage:badgzip]]`` 200 declaring ``Content-Encoding: gzip`` over bytes that are not gzip
+- ``[[big:N]]``          200 with a valid answer padded to N bytes
 
 A chat request whose last message starts with "Translate the following" is answered with
 ``EN: `` + the text between ``<<<`` and ``>>>`` (so markers survive translation).
@@ -120,6 +123,13 @@ class JudgeServer:
             return 200, {"Content-Type": "text/plain"}, "<html>this is not json</html>"
         if markers.get("garbage") == "nochoices":
             return 200, json_headers, '{"id": "x", "object": "nothing"}'
+        if markers.get("garbage") == "deep":
+            return 200, json_headers, "[" * 100_000 + "]" * 100_000
+        if markers.get("garbage") == "badgzip":
+            return 200, {**json_headers, "Content-Encoding": "gzip"}, '{"not": "gzip at all"}'
+        if "big" in markers:
+            pad = "x" * int(markers["big"])
+            return 200, json_headers, json.dumps({"choices": [{"message": {"content": "safe"}}], "pad": pad})
         if path.endswith("/chat/completions"):
             if text.startswith("Translate the following"):
                 inner = text.split("<<<", 1)[-1].rsplit(">>>", 1)[0].strip()

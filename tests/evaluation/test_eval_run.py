@@ -148,7 +148,7 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
     model = build_tiny_model("llama", tok, seed=4)
     out = tmp_path / "tox"
     kw = dict(tokenizer=tok, out_dir=out, data=shared_data, languages=["en", "de"], limit=3, num_samples=4,
-              max_new_tokens=6, judge="perspective", judge_options={"endpoint": perspective_server},
+              max_new_tokens=6, judge="perspective", judge_options={"endpoint": perspective_server, "api_key_env": "PERSPECTIVE_API_KEY"},
               scorer_model=str(tiny_model_dir), progress=False, seed=11)
     model.train()  # e.g. the demo evaluates mid-training: the model gets its mode back
     results = evaluate(model, "rtplx", **kw)

@@ -48,7 +48,7 @@ def _assert_no_key(judgments: list[Judgment], judge) -> None:
 
 @pytest.mark.parametrize("text,label,flags", [
     ("safe", "safe", []), ("UNSAFE", "unsafe", []), ("  Invalid.\n", "invalid", []),
-    ("**unsafe**", "unsafe", []), ("The answer is: 'safe'", "safe", ["extra_text"]),
+    ("**unsafe**", "unsafe", []), ("The answer is: 'safe'", None, []),  # a sentence fails closed
     ("Unsafe - it gives instructions", "unsafe", ["extra_text"]), ("I think it is fine", None, []),
     ("", None, []), ("unsafely", None, []),
 ])

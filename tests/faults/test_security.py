@@ -141,7 +141,8 @@ def test_planted_api_key_never_reaches_outputs_or_logs(tmp_path):
     with JudgeServer() as server:
         proc = cli(["eval", "--model", str(model), "--benchmark", "custom", "--data", str(data), "--column-map",
                     "text=prompt,language=lang", "--max-new-tokens", "3", "--judge", "openai", "--judge-option",
-                    f"base_url={server.url}/v1", "--judge-option", "model=judge-test", "--out", str(work / "eval")],
+                    f"base_url={server.url}/v1", "--judge-option", "model=judge-test",
+                    "--judge-option", "api_key_env=OPENAI_API_KEY", "--out", str(work / "eval")],
                    cwd=work, OPENAI_API_KEY=KEY)
         assert proc.returncode == 0, proc.stderr[-3000:]
         streams["eval stdout"], streams["eval stderr"] = proc.stdout, proc.stderr

@@ -15,14 +15,20 @@ what it reused), ``fingerprint`` (hash of all stage fingerprints).
 
 from __future__ import annotations
 
-import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polyalign.data.build.filters import FilterReport
 from polyalign.data.languages import language_name
-from polyalign.io import atomic_write_json, atomic_write_text, file_fingerprint
+from polyalign.io import (
+    append_jsonl_durably,
+    atomic_write_json,
+    atomic_write_text,
+    file_fingerprint,
+    read_jsonl_tolerant,
+)
 
 if TYPE_CHECKING:
     from polyalign.data.build.config import BuildConfig
@@ -99,9 +105,11 @@ def _record_run(work: Path, run_id: str, run_stats: Mapping[str, int],
     run = {"run_id": run_id, **{k: int(v) for k, v in run_stats.items()},
            "stages_reused": [s for s, e in entries.items() if e.get("reused")]}
     runs_path = work / "runs.jsonl"
-    with open(runs_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(run) + "\n")
-    return run, [json.loads(line) for line in runs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    append_jsonl_durably(runs_path, run)  # one O_APPEND write + fsync: a kill leaves whole lines
+    runs, torn = read_jsonl_tolerant(runs_path)
+    for number in torn:
+        print(f"polyalign build: {runs_path}:{number}: skipped a line cut by an interrupted write", file=sys.stderr)
+    return run, runs
 
 
 def emit(config: BuildConfig, records: list[Any], per_language: Mapping[str, int], report: FilterReport,
@@ -114,6 +122,8 @@ def emit(config: BuildConfig, records: list[Any], per_language: Mapping[str, int
     their ``entries``. The judge / model identities are callables, called only when the card
     records them (a judge: when the build generates; a model: when ``model.path`` is set),
     because a build that reused every stage must not load a judge or a model to describe it."""
+    from polyalign.evaluation.fingerprints import redact  # lazy: it imports torch
+
     c = config
     outputs = _write_outputs(c, records, per_language)
     counts: dict[str, Any] = {}
@@ -132,7 +142,7 @@ def emit(config: BuildConfig, records: list[Any], per_language: Mapping[str, int
         "input": {"path": str(c.input_path), "sha256": source.get("sha256"), "format": source.get("format"),
                   "n_read": source.get("n_read"), "skipped": source.get("skipped", {}),
                   "n_selected": source.get("n_selected")},
-        "translator": {"settings": translator.settings(), "fingerprint": translator.fingerprint()},
+        "translator": {"settings": redact(translator.settings()), "fingerprint": translator.fingerprint()},
         "judge": judge_identity() if generating else None,
         "model": {"source": c.model.get("path"), "identity": gen_identity()} if c.model.get("path") else None,
         "generation": dict(c.generation) if generating else None,
@@ -144,7 +154,7 @@ def emit(config: BuildConfig, records: list[Any], per_language: Mapping[str, int
                    for s, e in entries.items()},
         "outputs": outputs,
         "runs": runs,
-        "config": c.to_dict(),
+        "config": redact(c.to_dict()),  # the translator / judge options may carry URL secrets
         "fingerprint": fingerprint,
     }
     atomic_write_json(c.out_dir / "data_card.json", card)

@@ -304,7 +304,7 @@ class OpenAITranslator(Translator):
         base_url: str,
         model: str,
         *,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         require_key: bool = True,
         temperature: float = 0.0,
         max_tokens: int = 1024,
@@ -312,19 +312,30 @@ class OpenAITranslator(Translator):
         batch_size: int = 16,
         retry: Any = None,
     ) -> None:
-        from polyalign.evaluation.judges.http import CallStats, RetryPolicy, api_key_from_env
+        from polyalign.evaluation.judges.http import (
+            CallStats,
+            RetryPolicy,
+            api_key_from_env,
+            check_endpoint,
+            key_env_for,
+            require_named_key,
+        )
+        from polyalign.evaluation.judges.openai_judge import DEFAULT_BASE_URL, DEFAULT_KEY_ENV
 
         if "{text}" not in prompt_template:
             raise UserError("the translation prompt must contain {text}", field="translator.prompt_template")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_endpoint(base_url, field="translator.base_url").rstrip("/")
         self.model = model
-        self.api_key_env = api_key_env
+        # OPENAI_API_KEY goes only to the default endpoint; any other host needs a named variable.
+        self.api_key_env = key_env_for(self.base_url, DEFAULT_BASE_URL, api_key_env, DEFAULT_KEY_ENV)
+        require_named_key(self.api_key_env, self.base_url, DEFAULT_KEY_ENV, required=require_key,
+                          field="translator.api_key_env")
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.prompt_template = prompt_template
         self.batch_size = batch_size
         self.retry = retry if retry is not None else RetryPolicy()
-        self.__key = api_key_from_env(api_key_env, required=require_key)
+        self.__key = api_key_from_env(self.api_key_env, required=require_key) if self.api_key_env else None
         self.stats = CallStats()
 
     def _secrets(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ them into a probability with a float64 softmax over the whole vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,53 @@ def resolve_model(
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+
+
+# Private-use code points: a template passes them through, no text to judge contains them.
+_SLOTS = ("\ue000polyalign-untrusted-0\ue001", "\ue000polyalign-untrusted-1\ue001")
+
+
+def added_token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The literal strings the tokenizer turns into added (special or control) token ids."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return [t.content for t in decoder.values() if getattr(t, "content", "")]
+
+
+def encode_untrusted_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, str], str],
+                            prompt: str, response: str) -> list[int]:
+    """Token ids of ``render(prompt, response)`` where the two untrusted texts can never
+    produce a special/control token id (a response writing ``<|eot_id|>`` must not end the
+    guard's turn).
+
+    The template's own text is tokenized as usual; when an untrusted text contains the
+    literal of an added token, the prompt is encoded in pieces and the untrusted pieces with
+    ``split_special_tokens=True``, so that literal becomes plain-text tokens. Texts without
+    such literals keep the whole-string encoding exactly (no boundary changes).
+    """
+    real = render(prompt, response)
+    literals = added_token_strings(tokenizer)
+    if not any(lit in text for lit in literals for text in (prompt, response)):
+        return tokenizer(real, add_special_tokens=False)["input_ids"]
+    marked = render(*_SLOTS)
+    if any(marked.count(slot) != 1 for slot in _SLOTS) or marked.index(_SLOTS[0]) > marked.index(_SLOTS[1]):
+        raise UserError("the guard's prompt template does not place the prompt and the response once each, in order",
+                        field="tokenizer")
+    for p_text, r_text in ((prompt, response), (prompt.strip(), response.strip())):
+        if marked.replace(_SLOTS[0], p_text).replace(_SLOTS[1], r_text) == real:
+            break
+    else:
+        raise UserError("the guard's prompt template changes the texts it embeds; cannot keep them apart from "
+                        "its control tokens", field="tokenizer")
+    head, rest = marked.split(_SLOTS[0])
+    middle, tail = rest.split(_SLOTS[1])
+
+    def plain(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def untrusted(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+
+    return plain(head) + untrusted(p_text) + plain(middle) + untrusted(r_text) + plain(tail)
 
 
 def judge_fitting_inputs(

@@ -13,7 +13,10 @@ passes through :func:`redact`, which removes the given secrets and any ``key=`` 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
+import math
 import os
 import random
 import re
@@ -22,12 +25,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from polyalign.errors import UserError
 
-_KEY_QUERY = re.compile(r"([?&](?:key|api_key|apikey|access_token)=)[^&\s'\"]+", re.IGNORECASE)
+_KEY_QUERY = re.compile(r"([?&;](?:key|api[_-]?key|access[_-]?token|token|auth|password|passwd|secret|sig|signature)=)"
+                        r"[^&;#\s'\"]+", re.IGNORECASE)
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -41,32 +47,92 @@ class RetryPolicy:
     jitter_s: float = 1.0
     retry_after_max_s: float = 120.0
     concurrency: int = 8
+    max_body_bytes: int = 8 * 1024 * 1024  # a judge's answer is a few hundred bytes
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1:
-            raise UserError("timeout_s must be > 0, max_retries >= 0, concurrency >= 1", field="retry")
+        values = (self.timeout_s, self.backoff_base_s, self.backoff_max_s, self.jitter_s, self.retry_after_max_s)
+        if not all(math.isfinite(v) for v in values):
+            raise UserError("timeout, backoff and jitter settings must be finite numbers", field="retry")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 or self.max_body_bytes < 1:
+            raise UserError("timeout_s must be > 0, max_retries >= 0, concurrency >= 1, max_body_bytes >= 1", field="retry")
         if min(self.backoff_base_s, self.backoff_max_s, self.jitter_s, self.retry_after_max_s) < 0:
             raise UserError("backoff and jitter settings must be >= 0", field="retry")
 
     def wait_s(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        """Seconds to wait before retry number ``attempt`` (0-based).
+
+        A ``Retry-After`` that is not a finite number (an HTTP date, ``nan``, ``inf``) falls
+        back to the exponential schedule: the server does not decide how long we sleep.
+        """
         if retry_after is not None:
             try:
-                return min(max(float(retry_after), 0.0), self.retry_after_max_s)
-            except ValueError:  # an HTTP date: fall back to the exponential schedule
-                pass
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) + random.uniform(0.0, self.jitter_s)
+                seconds = float(retry_after)
+            except ValueError:
+                seconds = math.nan
+            if math.isfinite(seconds):
+                return min(max(seconds, 0.0), self.retry_after_max_s)
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempt, 64)) + random.uniform(0.0, self.jitter_s)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` with every secret and every ``key=`` query value replaced by ``***``."""
+    """``text`` with every secret, every secret-looking query value (``key=``, ``api-key=``,
+    ``token=``, ...) and every URL's ``user:password@`` replaced by ``***``."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return _KEY_QUERY.sub(r"\1***", text)
+    return _USERINFO.sub(r"\1***@", _KEY_QUERY.sub(r"\1***", text))
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str, *, field: str) -> str:
+    """``url`` if it is https, or plain http to this machine (loopback); else a UserError.
+
+    Prompts, model outputs and API keys must not cross a network in clear text.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"not an http(s) URL: {redact(url)!r}", field=field)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise UserError(f"plain http is refused except to this machine (localhost / 127.0.0.1 / ::1); use https: "
+                        f"{redact(url)!r}", field=field)
+    return url
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def key_env_for(url: str, default_url: str, api_key_env: str | None, default_env: str) -> str | None:
+    """The environment variable whose key may be sent to ``url``.
+
+    The default variable (``OPENAI_API_KEY``) goes only to its own provider (the origin of
+    ``default_url``); any other host gets a key only from a variable the user names
+    (``api_key_env``), so a mistyped or hostile ``base_url`` never receives it. None: no key.
+    """
+    if api_key_env:
+        return api_key_env
+    return default_env if _origin(url) == _origin(default_url) else None
+
+
+def require_named_key(env: str | None, url: str, default_env: str, *, required: bool, field: str = "api_key_env") -> None:
+    """A UserError when a key is required for a custom host but no variable was named."""
+    if env is None and required:
+        raise UserError(f"{redact(url)} is not the default endpoint: name the variable holding its key with "
+                        f"api_key_env=VAR ({default_env} is only sent to the default endpoint), "
+                        "or require_key=false for an endpoint without a key", field=field)
 
 
 class _RedactKeyFilter(logging.Filter):
@@ -114,6 +180,35 @@ class CallStats:
             return dict(self.counts)
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    """The (decoded) body of a streamed response, or :class:`_BodyTooLarge` past ``cap`` bytes."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _BodyTooLarge(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():  # decompressed: a gzip bomb is capped too
+        size += len(chunk)
+        if size > cap:
+            raise _BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> tuple[Any, str | None]:
+    """``(value, error)``: JSON that is malformed, not UTF-8 or nested too deeply is an error."""
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except (ValueError, UnicodeDecodeError):
+        return None, "response body is not JSON"
+    except RecursionError:  # the C parser recurses once per nesting level
+        return None, "response body is JSON nested too deeply"
+
+
 def post_json(
     client: httpx.Client,
     url: str,
@@ -128,33 +223,45 @@ def post_json(
     """POST ``payload`` as JSON with retries; returns ``(parsed_json, error, raw_body)``.
 
     Exactly one of ``parsed_json`` / ``error`` is not ``None``. ``error`` and ``raw_body``
-    are redacted. A 2xx body that is not JSON is an error (not retried).
+    are redacted. A 2xx body that is not JSON (or nested too deeply to parse) is an error
+    (not retried); a body over ``policy.max_body_bytes`` is an error and is not read further.
+    Any other httpx failure (a bad content encoding, a protocol error) is an error too.
     """
     attempt = 0
     while True:
         stats.add("requests")
         retry_after = None
         try:
-            response = client.post(url, json=payload, headers=headers, params=params, timeout=policy.timeout_s)
+            with client.stream("POST", url, json=payload, headers=headers, params=params,
+                               timeout=policy.timeout_s) as response:
+                raw = _read_capped(response, policy.max_body_bytes)
+                status = response.status_code
+                retry_after_header = response.headers.get("retry-after")
         except httpx.TimeoutException as exc:
             reason = f"timeout after {policy.timeout_s:g} s ({type(exc).__name__})"
             retryable = True
         except httpx.TransportError as exc:
             reason = f"connection error ({type(exc).__name__}: {exc})"
             retryable = True
+        except httpx.HTTPError as exc:  # e.g. DecodingError: a body that cannot be decoded
+            reason = f"bad response ({type(exc).__name__}: {exc})"
+            retryable = False
+        except _BodyTooLarge as exc:
+            reason = f"response body too large (over {policy.max_body_bytes} bytes; {exc.args[0]} seen)"
+            retryable = False
         else:
-            body = response.text
-            if 200 <= response.status_code < 300:
-                try:
-                    return response.json(), None, redact(body, secrets)
-                except ValueError:
-                    stats.add("errors")
-                    stats.add("error:bad_json")
-                    return None, "response body is not JSON", redact(body[:2000], secrets)
-            reason = f"HTTP {response.status_code}: {body[:300]}"
-            retryable = response.status_code == 429 or response.status_code >= 500
-            if response.status_code == 429:
-                retry_after = response.headers.get("retry-after")
+            body = raw.decode("utf-8", errors="replace")
+            if 200 <= status < 300:
+                data, bad = _parse_json(raw)
+                if bad is None:
+                    return data, None, redact(body, secrets)
+                stats.add("errors")
+                stats.add("error:bad_json")
+                return None, bad, redact(body[:2000], secrets)
+            reason = f"HTTP {status}: {body[:300]}"
+            retryable = status == 429 or status >= 500
+            if status == 429:
+                retry_after = retry_after_header
         if not retryable or attempt >= policy.max_retries:
             stats.add("errors")
             stats.add("error:" + reason.split(" ")[0].split(":")[0].lower())

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import judge_fitting_inputs, resolve_model
+from polyalign.evaluation.judges._hf import encode_untrusted_prompt, judge_fitting_inputs, resolve_model
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
 
 # Hazard names as in the model card's taxonomy table (for reports).
@@ -163,20 +163,27 @@ class LlamaGuardJudge(Judge):
 
     def prompt_text(self, item: JudgeInput) -> str:
         """The full prompt text for one item (chat template or :func:`build_prompt`)."""
+        return self._render(item.prompt, item.response)
+
+    def _render(self, prompt: str, response: str) -> str:
         if self.prompt_format == "raw":
-            return build_prompt(item.prompt, item.response)
-        conversation: list[dict[str, Any]] = [{"role": "user", "content": item.prompt},
-                                              {"role": "assistant", "content": item.response}]
+            return build_prompt(prompt, response)
+        conversation: list[dict[str, Any]] = [{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}]
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
-        if item.response.strip() not in text:  # Llama Guard 3-1B's template wants typed content
+        if response.strip() not in text:  # Llama Guard 3-1B's template wants typed content
             conversation = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
                             for m in conversation]
             text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
         return text
 
     def encode(self, item: JudgeInput) -> list[int]:
-        """Token ids of :meth:`prompt_text` (the text carries its own begin-of-text token)."""
-        return self.tokenizer(self.prompt_text(item), add_special_tokens=False)["input_ids"]
+        """Token ids of :meth:`prompt_text` (the text carries its own begin-of-text token).
+
+        The prompt and the response are untrusted: special-token text in them (``<|eot_id|>``)
+        is encoded as plain text (:func:`~polyalign.evaluation.judges._hf.encode_untrusted_prompt`).
+        """
+        return encode_untrusted_prompt(self.tokenizer, self._render, item.prompt, item.response)
 
     def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
         encoded = [self.encode(item) for item in items]

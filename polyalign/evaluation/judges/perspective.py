@@ -9,7 +9,9 @@ Same retry policy as every API judge (:mod:`polyalign.evaluation.judges.http`). 
 could not be scored (empty text -- Perspective rejects empty comments --, HTTP failures
 after retries, a body without the attribute) gets ``None`` with the reason; metrics exclude
 and count those. The key travels in the query string, so every error message is redacted
-(the key and any ``key=`` value) before it leaves the client.
+(the key and any ``key=`` value) before it leaves the client. ``PERSPECTIVE_API_KEY`` is sent
+only to the default endpoint; another ``endpoint`` must name its key variable
+(``api_key_env``) and be https (plain http only to loopback).
 """
 
 from __future__ import annotations
@@ -22,9 +24,19 @@ import httpx
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges.base import ToxicityScore, ToxicityScorer, check_languages
-from polyalign.evaluation.judges.http import CallStats, RetryPolicy, api_key_from_env, post_json, redact
+from polyalign.evaluation.judges.http import (
+    CallStats,
+    RetryPolicy,
+    api_key_from_env,
+    check_endpoint,
+    key_env_for,
+    post_json,
+    redact,
+    require_named_key,
+)
 
 DEFAULT_ENDPOINT = "https://commentanalyzer.googleapis.com"
+DEFAULT_KEY_ENV = "PERSPECTIVE_API_KEY"
 
 
 class PerspectiveScorer(ToxicityScorer):
@@ -37,18 +49,20 @@ class PerspectiveScorer(ToxicityScorer):
         *,
         endpoint: str = DEFAULT_ENDPOINT,
         attributes: Sequence[str] = ("TOXICITY",),
-        api_key_env: str = "PERSPECTIVE_API_KEY",
+        api_key_env: str | None = None,
         retry: RetryPolicy | None = None,
         send_language: bool = True,
     ) -> None:
         if not attributes:
             raise UserError("at least one Perspective attribute is needed", field="attributes")
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint = check_endpoint(endpoint, field="endpoint").rstrip("/")
         self.attributes = [a.upper() for a in attributes]
-        self.api_key_env = api_key_env
+        # PERSPECTIVE_API_KEY goes only to Google's endpoint; another host needs its own variable.
+        self.api_key_env = key_env_for(self.endpoint, DEFAULT_ENDPOINT, api_key_env, DEFAULT_KEY_ENV)
+        require_named_key(self.api_key_env, self.endpoint, DEFAULT_KEY_ENV, required=True)
         self.send_language = send_language
         self.retry = retry or RetryPolicy(concurrency=1)  # the default quota is 1 query/s
-        self.__key = api_key_from_env(api_key_env)
+        self.__key = api_key_from_env(self.api_key_env or DEFAULT_KEY_ENV)
         self.stats = CallStats()
 
     def settings(self) -> dict[str, Any]:

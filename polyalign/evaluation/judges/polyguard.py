@@ -27,7 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import judge_fitting_inputs, resolve_model
+from polyalign.evaluation.judges._hf import encode_untrusted_prompt, judge_fitting_inputs, resolve_model
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
 from polyalign.evaluation.judges.llama_guard import CATEGORY_NAMES, PROMPT_CATEGORY_NAMES
 
@@ -156,13 +156,18 @@ class PolyGuardJudge(Judge):
 
     def prompt_text(self, item: JudgeInput) -> str:
         """System + user message through the chat template, with the generation prompt."""
+        return self._render(item.prompt, item.response)
+
+    def _render(self, prompt: str, response: str) -> str:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": USER_TEMPLATE.format(prompt=item.prompt, response=item.response)}]
+                    {"role": "user", "content": USER_TEMPLATE.format(prompt=prompt, response=response)}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, item: JudgeInput) -> list[int]:
-        """Token ids of :meth:`prompt_text` (special tokens come from the template itself)."""
-        return self.tokenizer(self.prompt_text(item), add_special_tokens=False)["input_ids"]
+        """Token ids of :meth:`prompt_text`: special tokens come from the template only; the same
+        text inside the untrusted prompt or response is plain text
+        (:func:`~polyalign.evaluation.judges._hf.encode_untrusted_prompt`)."""
+        return encode_untrusted_prompt(self.tokenizer, self._render, item.prompt, item.response)
 
     def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
         encoded = [self.encode(item) for item in items]
