@@ -43,6 +43,7 @@ def _read(args: argparse.Namespace) -> ReadResult:
         args.path, args.format, column_map=parse_column_map(args.column_map), language=args.language,
         dominant_language=args.dominant_language, detect_language=not args.no_detect,
         check_language=not args.no_language_check, strict=args.strict,
+        language_threshold=args.language_threshold,
     )
 
 
@@ -145,10 +146,14 @@ def _add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", help=f"skip auto-detection: one of {', '.join(FORMATS)}")
     parser.add_argument("--column-map", help="for generic jsonl/csv: FIELD=COLUMN pairs, e.g. text=goal")
     parser.add_argument("--language", help="language of data that has no label (TRL, generic, MPO target)")
-    parser.add_argument("--dominant-language", default="en", help="MPO source-side language (default en)")
+    parser.add_argument("--dominant-language", default=None,
+                        help="MPO source-side language (default: detected by majority vote, and printed)")
     parser.add_argument("--no-detect", action="store_true", help="no lingua language detection at all")
     parser.add_argument("--no-language-check", action="store_true",
                         help="do not flag declared languages that lingua contradicts")
+    parser.add_argument("--language-threshold", type=float, default=None, metavar="CONF",
+                        help="lingua confidence (0-1] from which a contradicted language label skips the row "
+                             "(default 0.9; short texts of closely related languages are never skipped)")
     parser.add_argument("--strict", action="store_true", help="fail on the first content problem")
 
 

@@ -11,12 +11,17 @@ Two uses, with two different bars:
 * :func:`detect_language` *assigns* a label to unlabelled text (the official MPO data
   carries none): it returns lingua's best guess when its confidence is at least 0.5 or
   at least twice the runner-up's.
-* :func:`language_mismatch` *flags* a declared label as wrong. Short texts and mixed-script
-  texts are unreliable, so it flags only when all of these hold: the declared language is
+* :func:`language_mismatch` *flags* a declared label as wrong (reporting lingua's
+  confidence; the threshold is tunable: ``min_confidence``, ``--language-threshold``). A
+  text mostly written in a script the declared language does not use is flagged at any
+  length (Han characters are never ``en``). Otherwise short and mixed-script texts are
+  unreliable, so it flags only when all of these hold: the declared language is
   one lingua knows, the text has at least :data:`MIN_CHARS_FOR_CHECK` non-space characters,
   the declared language's own script (for non-Latin scripts) does not occur in the text at
   all, lingua's top language differs from the declared one with confidence >= 0.9, and
-  lingua gives the declared language < 0.05. On the shared data these rules flag none of
+  lingua gives the declared language < 0.05, the two are not close relatives (da/sv/no,
+  id/ms, hi/mr, es/pt, cs/sk, ...) unless the text is long, and no segment of the text
+  is in the declared language (a French line with glued words is not Yoruba). On the shared data these rules flag none of
   the 17.5k texts with a declared language (MLC, MultiJail, XSafety, RTP-LX, detox), where
   the loose rule "top != declared" flags ~190 (Hindi vs Marathi, Indonesian vs Malay); they
   do flag the 17 Gemma MPO target prompts that were left untranslated (English).
@@ -129,32 +134,121 @@ def vote_language(texts: list[str], exclude: str | None = None) -> str | None:
     return max(preferred, key=lambda d: (preferred.count(d), -preferred.index(d)))
 
 
-def language_mismatch(text: str, declared: str) -> tuple[str, float] | None:
+# Scripts that name a language well enough to contradict a label even on a short text
+# (Han without kana -> Chinese, kana -> Japanese, Hangul -> Korean, ...).
+_SCRIPT_LANGUAGE: tuple[tuple[str, str], ...] = (
+    ("ja", _SCRIPTS["ja"]), ("ko", _SCRIPTS["ko"]), ("zh", _SCRIPTS["zh"]), ("ar", _SCRIPTS["ar"]),
+    ("ru", _SCRIPTS["ru"]), ("hi", _SCRIPTS["hi"]), ("bn", _SCRIPTS["bn"]), ("th", _SCRIPTS["th"]),
+    ("el", _SCRIPTS["el"]), ("he", _SCRIPTS["he"]), ("ta", _SCRIPTS["ta"]), ("te", _SCRIPTS["te"]),
+    ("gu", _SCRIPTS["gu"]), ("pa", _SCRIPTS["pa"]),
+)
+_SCRIPT_LANGUAGE_RE = tuple((code, re.compile(f"[{chars}]")) for code, chars in _SCRIPT_LANGUAGE)
+# Share of a text's letters in one foreign script that contradicts a label by script alone.
+SCRIPT_SHARE = 0.8
+
+# Closely related languages lingua confuses on short texts (Danish/Swedish/Norwegian,
+# Indonesian/Malay, Hindi/Marathi, Spanish/Portuguese/Catalan/Galician, Czech/Slovak,
+# Russian/Ukrainian, the BCMS languages): a text declared in one and detected as another
+# is flagged only from RELATED_MIN_CHARS non-space characters on.
+RELATED_GROUPS: tuple[frozenset[str], ...] = (
+    frozenset({"da", "sv", "no", "nb", "nn"}), frozenset({"id", "ms"}), frozenset({"hi", "mr", "ne"}),
+    frozenset({"es", "pt", "ca", "gl"}), frozenset({"cs", "sk"}), frozenset({"ru", "uk", "be"}),
+    frozenset({"hbs", "sr", "hr", "bs"}), frozenset({"zu", "xh"}),
+)
+RELATED_MIN_CHARS = 200
+# A segment of the text in the declared language covering this share of its letters
+# (lingua's multi-language detection) means a mixed or glued text, not a wrong label:
+# "Veuillez traduire : jeveuxnuire..." scores Yoruba 0.96 as a whole.
+DECLARED_SEGMENT_SHARE = 0.2
+
+
+def related(a: str, b: str) -> bool:
+    """Whether two base language codes are in one of :data:`RELATED_GROUPS`."""
+    return any(a in group and b in group for group in RELATED_GROUPS)
+
+
+def script_mismatch(text: str, declared: str) -> tuple[str, float] | None:
+    """``(language of the script, share of letters)`` when at least :data:`SCRIPT_SHARE` of
+    the text's letters (2 or more) are in one script the declared language does not use
+    and none is in the declared language's own script; works on texts of any length."""
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < 2:
+        return None
+    base = _base(declared)
+    own = _SCRIPT_RE.get(base)
+    if own is not None and any(own.search(c) for c in letters):
+        return None
+    if base == "ja" and _SCRIPT_RE["zh"].search(text):  # Japanese is written with Han too
+        return None
+    if base == "ko" and _SCRIPT_RE["zh"].search(text):  # Korean may use Hanja
+        return None
+    if own is None and base not in SUPPORTED_LANGUAGES:
+        return None  # a language we know no script for (ps, ku, hbs written in Cyrillic or Latin ...)
+    for code, pattern in _SCRIPT_LANGUAGE_RE:
+        if code == base or (own is not None and pattern.pattern == own.pattern):
+            continue
+        count = sum(1 for c in letters if pattern.search(c))
+        if count and count / len(letters) >= SCRIPT_SHARE:
+            if code == "zh" and _SCRIPT_RE["ja"].search(text):
+                code = "ja"
+            return code, count / len(letters)
+    return None
+
+
+def _declared_segment_share(text: str, declared: str) -> float:
+    """Share of the text's characters that lingua's multi-language pass gives to ``declared``."""
+    detector = get_detector()
+    total = len(text) or 1
+    covered = 0
+    for segment in detector.detect_multiple_languages_of(text):
+        if segment.language.iso_code_639_1.name.lower() == declared:
+            covered += segment.end_index - segment.start_index
+    return covered / total
+
+
+def language_mismatch(text: str, declared: str, min_confidence: float | None = None) -> tuple[str, float] | None:
     """``(detected, confidence)`` when ``text`` is confidently not in ``declared``; else None.
 
-    See the module docstring for the exact rule (length, script, confidence >= 0.9,
-    declared language's confidence < 0.05).
+    Rules (see the module docstring): a text mostly in a script the declared language
+    does not use is flagged at any length (:func:`script_mismatch`); otherwise only texts
+    of >= :data:`MIN_CHARS_FOR_CHECK` non-space characters without the declared script,
+    whose top language differs with confidence >= ``min_confidence`` (default
+    :data:`MISMATCH_CONFIDENCE`), where the declared language scores < 0.05, is not a
+    close relative of the detected one on a text under :data:`RELATED_MIN_CHARS`, and has
+    no segment covering :data:`DECLARED_SEGMENT_SHARE` of the text.
     """
-    if not is_supported(declared):
+    try:
+        base = _base(declared)
+    except ValueError:
         return None
-    declared = _base(declared)
-    if len("".join(text.split())) < MIN_CHARS_FOR_CHECK:
+    hit = script_mismatch(text, declared)
+    if hit is not None:
+        return hit
+    if base not in SUPPORTED_LANGUAGES:
         return None
-    script = _SCRIPT_RE.get(declared)
+    length = len("".join(text.split()))
+    if length < MIN_CHARS_FOR_CHECK:
+        return None
+    script = _SCRIPT_RE.get(base)
     if script is not None and script.search(text):
         return None
     from lingua import IsoCode639_1, Language
 
+    threshold = MISMATCH_CONFIDENCE if min_confidence is None else min_confidence
     detector = get_detector()
     values = detector.compute_language_confidence_values(text)
     if not values:
         return None
     top = values[0]
     detected = top.language.iso_code_639_1.name.lower()
-    if detected == declared or top.value < MISMATCH_CONFIDENCE:
+    if detected == base or top.value < threshold:
         return None
-    declared_language = Language.from_iso_code_639_1(getattr(IsoCode639_1, declared.upper()))
+    if related(base, detected) and length < RELATED_MIN_CHARS:
+        return None
+    declared_language = Language.from_iso_code_639_1(getattr(IsoCode639_1, base.upper()))
     own = detector.compute_language_confidence(text, declared_language)
     if own >= DECLARED_CEILING:
+        return None
+    if _declared_segment_share(text, base) >= DECLARED_SEGMENT_SHARE:
         return None
     return detected, float(top.value)

@@ -65,6 +65,7 @@ class ReadResult:
     problems: list[Problem] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     tally: Tally = field(default_factory=Tally)
+    notes: list[str] = field(default_factory=list)  # what the reader decided, e.g. a detected language
 
     def record_types(self) -> Counter:
         """``{"PreferencePair": n, ...}``."""
@@ -155,19 +156,22 @@ def read_records(
     *,
     column_map: dict[str, str] | None = None,
     language: str | None = None,
-    dominant_language: str = "en",
+    dominant_language: str | None = None,
     detect_language: bool = True,
     check_language: bool = True,
     strict: bool = False,
+    language_threshold: float | None = None,
 ) -> ReadResult:
     """Read ``path`` (auto-detected unless ``format``) into records.
 
     ``language`` declares the language where the format has none (TRL without a
     ``language`` column, generic files, MPO target sides, a lone XSafety file);
-    ``dominant_language`` is MPO's source side. ``detect_language=False`` turns lingua off
+    ``dominant_language`` is MPO's source side (detected by majority vote when None, see
+    :func:`~polyalign.data.formats.preference.read_mpo`). ``detect_language=False`` turns lingua off
     entirely (no guessing, no mismatch checks); ``check_language=False`` keeps guessing
     labels but skips the declared-vs-detected mismatch check. ``strict=True`` raises on the
-    first content problem instead of skipping the row.
+    first content problem instead of skipping the row. ``language_threshold`` is the lingua
+    confidence from which a contradicted label is a "language mismatch" (default 0.9).
     """
     path = Path(path)
     if format is not None and format not in FORMATS:
@@ -177,9 +181,10 @@ def read_records(
         raise UserError("no such file or folder", file=path)
     fmt = format or detect_format(path)
     kwargs: dict[str, Any] = {"language": language, "detect_language": detect_language, "column_map": column_map}
+    notes: list[str] = []
     if fmt == "mpo":
         items = read_mpo(path, dominant_language=dominant_language, language=language,
-                         detect_language=detect_language)
+                         detect_language=detect_language, notes=notes)
     elif fmt in ("jsonl", "csv"):
         items = read_generic(path, fmt=fmt, **kwargs)
     else:
@@ -190,8 +195,13 @@ def read_records(
     checking = detect_language and check_language
     items = list(items)  # parse everything first: structural errors before any (slow) language check
     tally = Tally()
-    records, problems, skipped = validate_items(items, check_language=checking, strict=strict, tally=tally)
-    return ReadResult(path=path, format=fmt, records=records, problems=problems, skipped=skipped, tally=tally)
+    if language_threshold is not None and not 0.0 < language_threshold <= 1.0:
+        raise UserError(f"the language threshold is a confidence in (0, 1], got {language_threshold}",
+                        field="language_threshold")
+    records, problems, skipped = validate_items(items, check_language=checking, strict=strict, tally=tally,
+                                                min_confidence=language_threshold)
+    return ReadResult(path=path, format=fmt, records=records, problems=problems, skipped=skipped, tally=tally,
+                      notes=notes)
 
 
 def _load(path: str | Path, format: str | None, kind: type, noun: str, kw: dict[str, Any]) -> list[Any]:

@@ -185,13 +185,14 @@ def record_problems(record: Record) -> list[tuple[str, str, str]]:
 
 def validate_items(
     items: Iterable[Item | Skip], *, check_language: bool = True, strict: bool = False,
-    tally: Tally | None = None,
+    tally: Tally | None = None, min_confidence: float | None = None,
 ) -> tuple[list[Record], list[Problem], Counter]:
     """Run content checks; return ``(kept records, problems, skipped counter)``.
 
     A row with several problems is reported once per problem but counted once in
     ``skipped``, under its first problem's reason. :class:`Skip` rows are counted and
-    reported as they are. ``tally`` (optional) receives every row, per language.
+    reported as they are. ``tally`` (optional) receives every row, per language;
+    ``min_confidence`` is the language-mismatch threshold (lingua confidence, default 0.9).
     """
     kept: list[Record] = []
     problems: list[Problem] = []
@@ -216,7 +217,7 @@ def validate_items(
             found.append(("id", DUPLICATE, f"duplicate id {item.record.id!r} (first at {where})"))
         if check_language and not found:
             for check in item.checks:
-                hit = language_mismatch(check.text, check.language)
+                hit = language_mismatch(check.text, check.language, min_confidence)
                 if hit is not None:
                     detected, confidence = hit
                     found.append(

@@ -105,3 +105,34 @@ def write_llamafactory(folder: Path) -> dict:
     for name, items in (("sharegpt.json", sharegpt), ("alpaca.json", alpaca), ("trl_array.json", trl)):
         (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=2), encoding="utf-8")
     return {"sharegpt": sharegpt, "alpaca": alpaca, "trl": trl}
+
+
+ZH_ANSWERS = ("好的，这是一个很好的主意，我们一起去吧。", "不要，我今天不想出门。")
+
+
+def write_mpo_zh_dominant(path: Path) -> dict:
+    """Official-MPO-shaped JSON whose dominant (source) side is Chinese, targets English and
+    German, plus one item whose target prompt was left untranslated (a short Chinese text
+    under 20 characters, so only its script can tell)."""
+    items = []
+    for target, answers in (("en", ("Sure, let us go together.", "No, I do not want to.")),
+                            ("de", ("Gern, lass uns zusammen gehen.", "Nein, ich will nicht."))):
+        for i, zh in enumerate(WALK["zh"]):
+            items.append({
+                "source_conversations": [{"from": "human", "value": zh}],
+                "source_chosen": {"from": "gpt", "value": ZH_ANSWERS[0]},
+                "source_rejected": {"from": "gpt", "value": ZH_ANSWERS[1]},
+                "target_conversations": [{"from": "human", "value": WALK[target][i]}],
+                "target_chosen": {"from": "gpt", "value": answers[0]},
+                "target_rejected": {"from": "gpt", "value": answers[1]},
+            })
+    items.append({
+        "source_conversations": [{"from": "human", "value": "你好吗？今天过得怎么样？"}],
+        "source_chosen": {"from": "gpt", "value": ZH_ANSWERS[0]},
+        "source_rejected": {"from": "gpt", "value": ZH_ANSWERS[1]},
+        "target_conversations": [{"from": "human", "value": "你好吗？今天过得怎么样？"}],
+        "target_chosen": {"from": "gpt", "value": "I am fine, thank you for asking."},
+        "target_rejected": {"from": "gpt", "value": "Leave me alone, I do not care."},
+    })
+    path.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
+    return {"items": 7, "targets": {"en": 3, "de": 3}, "untranslated": 6}

@@ -92,3 +92,69 @@ def test_detects_real_mpo_target_prompts(shared_data: Path) -> None:
         group = raw[start:start + 6]
         assert len({item["source_conversations"][0]["value"] for item in group}) == 1
         assert set(detected[start:start + 6]) == {"zh", "ja", "ko", "ar", "bn", "sw"}
+
+
+def test_script_rules_out_a_label_on_a_short_text() -> None:
+    """Under MIN_CHARS_FOR_CHECK lingua is not asked, but Han characters are never English."""
+    assert len("你好吗？") < MIN_CHARS_FOR_CHECK
+    assert language_mismatch("你好吗？", "en") == ("zh", 1.0)
+    assert language_mismatch("こんにちは", "de")[0] == "ja"
+    assert language_mismatch("안녕하세요", "fr")[0] == "ko"
+    assert language_mismatch("你好", "ja") is None           # Japanese is written with Han too
+    assert language_mismatch("OK", "zh") is None             # Latin letters in a Chinese row: not by script
+    assert language_mismatch("Привет, друг", "uk") is None   # same script, short: no verdict
+
+
+class _Verdict:
+    """What lingua says about one text: a fixed confidence table (rule tests only)."""
+
+    def __init__(self, table, segments=()):
+        from lingua import IsoCode639_1, Language
+
+        self.lang = lambda c: Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper()))
+        self.table = table
+        self.segments = segments
+
+    def compute_language_confidence_values(self, text):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(language=self.lang(c), value=v) for c, v in self.table]
+
+    def compute_language_confidence(self, text, language):
+        return dict((self.lang(c), v) for c, v in self.table).get(language, 0.0)
+
+    def detect_multiple_languages_of(self, text):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(language=self.lang(c), start_index=a, end_index=b) for c, a, b in self.segments]
+
+
+def test_related_languages_are_not_dropped_on_short_text(monkeypatch) -> None:
+    """A short Danish row that lingua calls Swedish at 0.95 is kept; a long one is flagged."""
+    monkeypatch.setattr(langdetect, "get_detector", lambda: _Verdict([("sv", 0.95), ("da", 0.01)]))
+    short = "Vil du have mere te og kage?"
+    assert langdetect.related("da", "sv") and len(short) < langdetect.RELATED_MIN_CHARS
+    assert language_mismatch(short, "da") is None
+    assert language_mismatch(short, "en") == ("sv", 0.95)  # not a relative of English: flagged
+    long = " ".join([short] * 10)
+    assert language_mismatch(long, "da") == ("sv", 0.95)
+
+
+def test_a_segment_in_the_declared_language_keeps_the_row(monkeypatch) -> None:
+    """XSafety fr/Goal_Hijacking.csv: "Veuillez traduire : <glued words>" scores Yoruba 0.96
+    as a whole, but its first segment is French."""
+    text = "Veuillez traduire : jeveuxallerauparcavecmesamis."
+    verdict = _Verdict([("yo", 0.96), ("fr", 0.01)], segments=[("fr", 0, 20), ("yo", 20, len(text))])
+    monkeypatch.setattr(langdetect, "get_detector", lambda: verdict)
+    assert language_mismatch(text, "fr") is None
+    verdict.segments = [("yo", 0, len(text))]
+    assert language_mismatch(text, "fr") == ("yo", 0.96)
+
+
+def test_threshold_is_tunable_and_reported() -> None:
+    german = SENTENCES["de"]
+    detected, confidence = language_mismatch(german, "en")
+    assert detected == "de"
+    assert 0.9 <= confidence < 0.99
+    assert language_mismatch(german, "en", min_confidence=confidence + 0.01) is None
+    assert language_mismatch(german, "en", min_confidence=confidence - 0.01)[1] == pytest.approx(confidence, abs=1e-3)

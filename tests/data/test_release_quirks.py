@@ -7,7 +7,9 @@ import json
 from collections import Counter
 
 import pytest
-from fixture_builders import WALK, write_csv, write_llamafactory, write_rtplx, write_xsafety
+from fixture_builders import (
+    WALK, write_csv, write_llamafactory, write_mpo_zh_dominant, write_rtplx, write_xsafety,
+)
 
 from polyalign.data.readers import detect_format, read_records
 from polyalign.data.writers import write_records
@@ -125,3 +127,25 @@ def test_single_file_of_a_multiway_parallel_folder(tmp_path):
     result = read_records(path, check_language=False)
     assert result.format == "parallel" and [r.id for r in result.records] == ["0", "1", "2"]
     assert [r.prompts["de"][0].content for r in result.records] == WALK["de"]
+
+
+def test_mpo_with_a_chinese_dominant_side(tmp_path, capsys):
+    expected = write_mpo_zh_dominant(tmp_path / "qwen_mpo_data.json")
+    result = read_records(tmp_path / "qwen_mpo_data.json")
+    assert result.format == "mpo"
+    (note,) = result.notes
+    assert "detected: zh (7 of 7 source prompts, 100.0%)" in note
+    assert "dominant (source) language detected: zh" in capsys.readouterr().err
+    assert {r.dominant.language for r in result.records} == {"zh"}
+    assert Counter(r.target.language for r in result.records) == expected["targets"]
+    # The untranslated target prompt is 12 characters: its script alone rules out 'en'.
+    assert dict(result.skipped) == {"language mismatch": 1}
+    (problem,) = result.problems
+    assert "item 6" in problem.message and "'zh'" in problem.message and problem.field == "target_conversations"
+    assert result.rows == expected["items"]
+    # A dominant language set by the user is used, but a clear contradiction is an error
+    # saying what the data looks like (what `polyalign train` reports with its default 'en').
+    with pytest.raises(UserError) as err:
+        read_records(tmp_path / "qwen_mpo_data.json", dominant_language="en")
+    assert "looks like 'zh'" in str(err.value) and err.value.field == "dominant_language"
+    assert len(read_records(tmp_path / "qwen_mpo_data.json", dominant_language="zh").records) == 6

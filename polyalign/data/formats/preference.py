@@ -7,6 +7,8 @@ Record ids: MPO ``ParallelPair.id`` is the list index (``"41"``), its sides are
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -46,20 +48,40 @@ def response_text(value: Any, loc: Loc, field: str) -> str:
     return message.content
 
 
-def read_mpo(path: Path, *, dominant_language: str = "en", language: str | None = None,
-             detect_language: bool = True) -> Iterator[Item]:
+DOMINANT_SAMPLE = 500  # source prompts voting on the dominant language (evenly spaced)
+
+
+def detect_dominant(prompts: list[str]) -> tuple[str | None, int, int]:
+    """Majority vote of lingua over (a sample of) the source prompts:
+    ``(language or None, votes for it, texts that voted)``."""
+    step = max(1, len(prompts) // DOMINANT_SAMPLE)
+    votes = Counter(d for d in (_detect(t) for t in prompts[::step]) if d is not None)
+    if not votes:
+        return None, 0, 0
+    language, count = votes.most_common(1)[0]
+    return language, count, sum(votes.values())
+
+
+def read_mpo(path: Path, *, dominant_language: str | None = None, language: str | None = None,
+             detect_language: bool = True, notes: list[str] | None = None, **_: Any) -> Iterator[Item]:
     """Official MPO JSON list -> :class:`ParallelPair` items.
 
-    The file has no language labels: the dominant side gets ``dominant_language``; the
-    target side gets ``language`` when given (then checked like any declared label), else
-    the vote of lingua over target prompt, chosen and rejected
+    The file has no language labels. The dominant (source) side's language is detected by
+    majority vote over the source prompts (:func:`detect_dominant`) and used unless
+    ``dominant_language`` is given; what was detected, and how sure, is printed and added
+    to ``notes``. A given ``dominant_language`` that a clear majority (> 50 %) of the
+    source prompts contradicts is an error saying what the data looks like. The target
+    side gets ``language`` when given (then checked like any declared label), else the vote
+    of lingua over target prompt, chosen and rejected
     (:func:`~polyalign.data.langdetect.vote_language`, dominant language excluded).
     """
-    dominant = language_code(dominant_language, Loc(str(path), None), "dominant_language")
     declared = language_code(language, Loc(str(path), None), "language") if language else None
     if declared is None and not detect_language:
         raise UserError("MPO files carry no language labels: pass language= (--language) or allow "
                         "language detection", file=path, field="language")
+    if dominant_language is None and not detect_language:
+        raise UserError("MPO files carry no language labels: pass dominant_language= (--dominant-language) "
+                        "or allow language detection", file=path, field="dominant_language")
     parsed = []
     for loc, index, obj in iter_json_list(path):
         if not isinstance(obj, dict):
@@ -76,6 +98,7 @@ def read_mpo(path: Path, *, dominant_language: str = "en", language: str | None 
         raw_id = get(obj, "id", (str, int), loc, required=False)
         parsed.append((loc, str(raw_id) if raw_id is not None else str(index), sides))
     # Detection only after the whole file parsed: structural errors come first and fast.
+    dominant = _dominant(path, parsed, dominant_language, detect_language, notes)
     for loc, item_id, sides in parsed:
         target_language = declared or vote_language(
             [prompt_text(sides["target"][0]), sides["target"][1], sides["target"][2]], exclude=dominant
@@ -90,6 +113,33 @@ def read_mpo(path: Path, *, dominant_language: str = "en", language: str | None 
             checks.append(LangCheck("target_conversations", prompt_text(sides["target"][0]), target_language))
         record = ParallelPair(id=item_id, dominant=pairs["source"], target=pairs["target"])
         yield Item(record, loc.file, loc.line, checks, loc.label)
+
+
+def _dominant(path: Path, parsed: list[Any], given: str | None, detect_language: bool,
+              notes: list[str] | None) -> str:
+    """The dominant language: detected by majority vote unless given (then checked)."""
+    if given is not None:
+        given = language_code(given, Loc(str(path), None), "dominant_language")
+    if not detect_language:
+        assert given is not None
+        return given
+    found, votes, total = detect_dominant([prompt_text(sides["source"][0]) for _, _, sides in parsed])
+    share = votes / total if total else 0.0
+    if given is not None:
+        if found is not None and found != given and share > 0.5:
+            raise UserError(f"the data's dominant (source) side looks like {found!r} ({votes} of {total} source "
+                            f"prompts, {share:.0%}), not {given!r} as set; pass --dominant-language {found} "
+                            f"(dominant_language: {found})", file=path, field="dominant_language")
+        return given
+    if found is None:
+        raise UserError("cannot tell the dominant (source) language of this MPO data; pass "
+                        "--dominant-language", file=path, field="dominant_language")
+    note = (f"dominant (source) language detected: {found} ({votes} of {total} source prompts, {share:.1%}); "
+            "pass --dominant-language to set it")
+    print(f"polyalign: {path}: {note}", file=sys.stderr)
+    if notes is not None:
+        notes.append(note)
+    return found
 
 
 def _row_id(obj: dict[str, Any], loc: Loc, index: int) -> str:
