@@ -66,20 +66,16 @@ def safety_metrics(labels: Iterable[str]) -> dict[str, float | int | None]:
 
 
 def error_share_violation(per_language: Mapping[str, Mapping[str, Any]], max_share: float) -> str | None:
-    """A message when a language's share of unjudged items exceeds ``max_share``, else None.
-
-    Safety: ``n_error / n_total``; toxicity: ``n_score_errors / (n_samples + n_score_errors)``.
-    Checked per language, so a judge that fails on one language cannot hide in the average.
+    """A message when a language's share of unjudged items (``n_error / n_total``) exceeds
+    ``max_share``, else None. Checked per language, so a judge that fails on one language
+    cannot hide in the average. Safety judgments only: a toxicity scorer's failures (mostly
+    empty texts, which Perspective cannot score) stay counted in ``n_score_errors``.
     """
     worst: tuple[float, str, int, int] | None = None
     for lang, m in per_language.items():
-        if "n_error" in m and m.get("n_total"):
-            errors, total = int(m["n_error"]), int(m["n_total"])
-        elif "n_score_errors" in m and (m.get("n_samples") or m.get("n_score_errors")):
-            errors = int(m["n_score_errors"])
-            total = errors + int(m.get("n_samples") or 0)
-        else:
+        if "n_error" not in m or not m.get("n_total"):
             continue
+        errors, total = int(m["n_error"]), int(m["n_total"])
         share = errors / total
         if share > max_share and (worst is None or share > worst[0]):
             worst = (share, lang, errors, total)

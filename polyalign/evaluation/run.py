@@ -101,7 +101,7 @@ def evaluate(
     judge with ``judge_options``, else ``refusal``). At least one of them is needed.
 
     ``max_judge_error_share``: when more than this share of a language's items could not be
-    judged (scored), the results are still written (with ``unsafe_rate_worst``), then the run
+    judged (safety judges, over-refusal included), the results are still written (with ``unsafe_rate_worst``), then the run
     fails with a :class:`UserError` (exit 2): a rate over the few items a provider agreed to
     judge is not a result.
     """
@@ -220,7 +220,7 @@ def evaluate(
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_text(out / RESULTS_MD, render_markdown(results))
     log(f"wrote {out / RESULTS_JSON} and {out / RESULTS_MD}")
-    violation = error_share_violation(per_language, max_judge_error_share) if spec else None
+    violation = error_share_violation(per_language, max_judge_error_share) if spec and spec.kind == "safety" else None
     over = (utility or {}).get("over_refusal")
     if violation is None and over:
         violation = error_share_violation(over["per_language"], max_judge_error_share)
