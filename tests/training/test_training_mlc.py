@@ -52,14 +52,14 @@ def mlc_file(shared_data):
 
 
 class ForwardCounter:
-    """Counts decoder (LlamaModel) forwards in training mode and records their batch rows."""
+    """Counts decoder (LlamaModel, Gemma3TextModel) forwards in training mode and records their batch rows."""
 
     def __init__(self):
         self.rows: list[int] = []
 
     def __enter__(self):
         def hook(module, args, kwargs, output):
-            if type(module).__name__ == "LlamaModel" and module.training:
+            if type(module).__name__ in ("LlamaModel", "Gemma3TextModel") and module.training:
                 self.rows.append(int(kwargs["input_ids"].shape[0]))
 
         self.handle = torch.nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
@@ -69,9 +69,10 @@ class ForwardCounter:
         self.handle.remove()
 
 
-@pytest.mark.parametrize("method,loss_type", [("dpo", "sigmoid"), ("dpo", "ipo"), ("dpo", "hinge"),
-                                              ("dpo", "robust"), ("simpo", "sigmoid"), ("orpo", "sigmoid"),
-                                              ("sft", "sigmoid")])
+@pytest.mark.parametrize("method,loss_type,tiny_ckpt", [
+    ("dpo", "sigmoid", "llama"), ("dpo", "ipo", "llama"), ("dpo", "hinge", "llama"), ("dpo", "robust", "llama"),
+    ("simpo", "sigmoid", "llama"), ("orpo", "sigmoid", "llama"), ("sft", "sigmoid", "llama"),
+    ("dpo", "sigmoid", "gemma3"), ("orpo", "sigmoid", "gemma3")], indirect=["tiny_ckpt"])
 def test_every_method_adds_mlc_on_every_second_step_in_one_forward(method, loss_type, tiny_ckpt, mlc_file, tmp_path):
     with ForwardCounter() as counter:
         config, info = run(tiny_ckpt, mlc_file, tmp_path / "run", method=method, loss_type=loss_type,
@@ -120,6 +121,7 @@ def _batch(config, tiny_ckpt, mlc_file, start=0, stop=12):
 
 
 @pytest.mark.parametrize("layer,scale", [(-1, "released"), (1, "paper")])
+@pytest.mark.parametrize("tiny_ckpt", ["llama", "gemma3"], indirect=True)
 def test_logged_mlc_loss_equals_mlc_term_on_a_separate_forward(layer, scale, tiny_ckpt, mlc_file, tmp_path):
     config, info = run(tiny_ckpt, mlc_file, tmp_path / "run", method="simpo", max_steps=1, mlc_layer=layer,
                        mlc_scale=scale)
@@ -144,7 +146,8 @@ def test_logged_mlc_loss_equals_mlc_term_on_a_separate_forward(layer, scale, tin
     assert all(p.grad is not None and not p.grad.any() for p in wrapper.mlc_extractor.parameters())
 
 
-@pytest.mark.parametrize("use_lora", [False, True])
+@pytest.mark.parametrize("use_lora,tiny_ckpt", [(False, "llama"), (True, "llama"), (True, "gemma3")],
+                         indirect=["tiny_ckpt"])
 def test_extractor_saved_beside_the_model_and_restored_on_resume(use_lora, tiny_ckpt, mlc_file, tmp_path):
     extra = {"method": "orpo", "save_strategy": "steps", "save_steps": 2, "per_device_train_batch_size": 4,
              "use_lora": use_lora, "lora_r": 4}
@@ -184,6 +187,7 @@ def test_extractor_saved_beside_the_model_and_restored_on_resume(use_lora, tiny_
             resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"), **extra)
 
 
+@pytest.mark.parametrize("tiny_ckpt", ["llama", "gemma3"], indirect=True)
 def test_mpo_with_mlc_forwards_target_dominant_and_variants_together(shared_data, tiny_ckpt, tmp_path):
     rows = json.loads((shared_data / "mpo" / "llama_mpo_data.json").read_text(encoding="utf-8"))
     data = tmp_path / "mpo_slice.json"  # 12 rows spread over the file (several target languages)

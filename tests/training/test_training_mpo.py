@@ -37,6 +37,7 @@ def _masked_pool(model, examples) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("tiny_ckpt", ["llama", "gemma3"], indirect=True)
 def test_mpo_cli_moves_target_gaps_to_dominant_gaps_and_reuses_the_cache(shared_data, tiny_ckpt, tmp_path):
     data = shared_data / "mpo" / "llama_mpo_data.json"
     args = ["train", "--config", str(TINY_RECIPE), "--model_name_or_path", str(tiny_ckpt),
