@@ -1,6 +1,8 @@
 """``polyalign data inspect|convert|build``: look at a data set, convert it, or build one.
 
-* ``inspect PATH`` prints the detected format, record counts (by type and by language),
+* ``inspect PATH`` prints the detected format, the data rows read = used + skipped (in
+  all and per language: every row of the input is a record or a counted skip), what the
+  reader detected (e.g. an MPO file's dominant language), record counts (by type and by language),
   prompt/response length statistics in characters (min / median / max) and every content
   problem, one per line. Exit code 0 whenever the data could be read, problems or not
   (they are listed and counted); 2 for a structural error (one line on stderr).
@@ -90,6 +92,9 @@ def _summary(result: ReadResult) -> dict[str, Any]:
     return {
         "path": str(result.path),
         "format": result.format,
+        "rows": result.tally.total(),
+        "rows_per_language": result.tally.to_dict(),
+        "notes": list(result.notes),
         "records": len(result.records),
         "record_types": dict(result.record_types()),
         "skipped": dict(result.skipped),
@@ -107,6 +112,14 @@ def _inspect(args: argparse.Namespace) -> int:
     types = ", ".join(f"{k}: {v}" for k, v in summary["record_types"].items())
     print(f"path: {summary['path']}")
     print(f"format: {summary['format']}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    rows = summary["rows"]
+    print(f"rows: {rows['read']} read = {rows['used']} used + {rows['skipped']} skipped")
+    if len(summary["rows_per_language"]) > 1 or "*" not in summary["rows_per_language"]:
+        print("rows per language: read / used / skipped")
+        for lang, row in summary["rows_per_language"].items():
+            print(f"  {lang:<8} {row['read']} / {row['used']} / {row['skipped']}")
     print(f"records: {summary['records']}" + (f" ({types})" if types else ""))
     skipped = summary["skipped"]
     reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items())
@@ -129,7 +142,10 @@ def _convert(args: argparse.Namespace) -> int:
     rows = write_records(result.records, args.output, args.to)
     skipped = sum(result.skipped.values())
     reasons = ", ".join(f"{k}: {v}" for k, v in result.skipped.items())
-    print(f"read {len(result.records)} records from {result.path} (format {result.format})")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"read {len(result.records)} records from {result.path} (format {result.format}); "
+          f"{result.rows} data rows = {len(result.records)} used + {sum(result.skipped.values())} skipped")
     print(f"skipped {skipped}" + (f" ({reasons})" if reasons else ""))
     for problem in result.problems[:MAX_PROBLEMS_IN_CONVERT]:
         print(f"  {problem}")

@@ -217,9 +217,23 @@ def _variants_to_prompts(pairs: list[Any], benchmark: str) -> list[EvalPrompt]:
     return out
 
 
+# Rows read / used / skipped per language of the last read of each benchmark (by spec
+# name), for results.json (see :func:`row_counts`): every report shows a silent loss.
+_ROW_COUNTS: dict[str, dict[str, dict[str, int]]] = {}
+
+
+def row_counts(benchmark: str) -> dict[str, dict[str, int]] | None:
+    """``{language: {"read", "used", "skipped"}}`` of the last :func:`read_benchmark` of
+    ``benchmark`` in this process (None before any): the data rows the reader went through,
+    the prompts it kept and the rows it skipped (counted by reason in its skip counts)."""
+    counts = _ROW_COUNTS.get(benchmark)
+    return {lang: dict(row) for lang, row in counts.items()} if counts is not None else None
+
+
 def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str] | None = None,
                    language: str | None = None) -> tuple[list[EvalPrompt], dict[str, int]]:
-    """All prompts of a benchmark's data (no filtering) and the reader's skip counts by reason."""
+    """All prompts of a benchmark's data (no filtering) and the reader's skip counts by
+    reason; the rows read / used / skipped per language are kept for :func:`row_counts`."""
     from polyalign.data.readers import read_records
 
     fmt, kw = _reader_kwargs(spec, path, column_map, language)
@@ -233,6 +247,12 @@ def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str
         empty = sum(1 for p in prompts if not p.text.strip())
         if empty:
             print(f"polyalign: {path}: skipped {empty} empty prompt variant(s)", file=sys.stderr)
+        rows: dict[str, dict[str, int]] = {}
+        for p in prompts:
+            row = rows.setdefault(p.language, {"read": 0, "used": 0, "skipped": 0})
+            row["read"] += 1
+            row["used" if p.text.strip() else "skipped"] += 1
+        _ROW_COUNTS[spec.name] = rows
         return [p for p in prompts if p.text.strip()], ({"empty text": empty} if empty else {})
     result = read_records(path, fmt, **kw)
     skipped = {str(k): int(v) for k, v in result.skipped.items()}
@@ -244,6 +264,7 @@ def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str
     others = len(result.records) - len(prompts) - len(pairs)
     if others:
         raise UserError(f"benchmark {spec.name!r}: this {result.format} data holds records that are not prompts", file=path)
+    _ROW_COUNTS[spec.name] = result.tally.to_dict()
     prompts += _variants_to_prompts(pairs, spec.name)
     prompts = [p if p.benchmark == spec.name else dataclasses.replace(p, benchmark=spec.name) for p in prompts]
     return prompts, skipped

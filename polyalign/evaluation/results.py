@@ -17,6 +17,7 @@ from typing import Any
 from polyalign.data.languages import language_name
 from polyalign.data.records import EvalPrompt
 from polyalign.evaluation import metrics as M
+from polyalign.evaluation.benchmarks import row_counts
 from polyalign.evaluation.textstats import distinct_metrics, language_fidelity
 
 SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
@@ -66,8 +67,12 @@ def compute_metrics(
         safety = M.safety_metrics_by_language(rows, with_refusal=True)
         for lang in order:
             per_language[lang] = dict(safety.get(lang, {}))
+    rows = row_counts(prompts[0].benchmark) if prompts else None
     for lang in order:
         gens = by_lang[lang]
+        if rows is not None and lang in rows:
+            # The benchmark file's own rows for this language: a reader's skip shows in every report.
+            per_language[lang].update({f"rows_{k}": v for k, v in rows[lang].items()})
         fidelity = language_fidelity([g["text"] for g in gens], [lang] * len(gens))
         per_language[lang].update({
             "language_fidelity": fidelity["language_fidelity"], "fidelity_n_checked": fidelity["n_checked"],

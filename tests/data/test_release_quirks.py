@@ -149,3 +149,24 @@ def test_mpo_with_a_chinese_dominant_side(tmp_path, capsys):
         read_records(tmp_path / "qwen_mpo_data.json", dominant_language="en")
     assert "looks like 'zh'" in str(err.value) and err.value.field == "dominant_language"
     assert len(read_records(tmp_path / "qwen_mpo_data.json", dominant_language="zh").records) == 6
+
+
+def test_eval_results_record_rows_per_language(tmp_path):
+    """compute_metrics (what results.json's metrics.per_language holds) carries the
+    benchmark file's rows read / used / skipped per language."""
+    from polyalign.evaluation.benchmarks import get_benchmark, read_benchmark, select_prompts
+    from polyalign.evaluation.results import compute_metrics
+
+    write_xsafety(tmp_path / "xsafety")
+    spec = get_benchmark("xsafety")
+    prompts, skipped = read_benchmark(spec, tmp_path / "xsafety")
+    assert skipped == {"empty text": 1, "alternative file": 3}
+    chosen = select_prompts(spec, tmp_path / "xsafety", prompts, limit=2)
+    gens = [{"id": p.id, "sample": 0, "language": p.language, "text": p.text, "n_tokens": 5, "finish_reason": "stop"}
+            for p in chosen]
+    judgments = {(p.id, 0): {"label": "safe", "refusal": False} for p in chosen}
+    metrics = compute_metrics("safety", chosen, gens, judgments)["per_language"]
+    assert {k: metrics["de"][k] for k in ("rows_read", "rows_used", "rows_skipped")} == \
+        {"rows_read": 12, "rows_used": 8, "rows_skipped": 4}
+    assert {k: metrics["en"][k] for k in ("rows_read", "rows_used", "rows_skipped")} == \
+        {"rows_read": 9, "rows_used": 9, "rows_skipped": 0}
