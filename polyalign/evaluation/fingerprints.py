@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from polyalign.errors import UserError
 from polyalign.io import content_sha256, file_fingerprint, text_fingerprint
 
 # In-memory models up to this many parameters are hashed tensor by tensor; a bigger one
@@ -52,6 +53,13 @@ def source_identity(source: str | Path) -> dict[str, Any]:
     be resolved gets a weak identity (``strength: weak`` with the reason).
     """
     local = Path(source)
+    if not local.is_dir():
+        try:  # a known model name (polyalign models get NAME) stands for its converted folder
+            from polyalign.models import resolve_model_source
+
+            local = Path(resolve_model_source(source))
+        except (ImportError, UserError):
+            pass
     if local.is_dir():
         return folder_identity(local)
     snapshot = _hub_snapshot(str(source))

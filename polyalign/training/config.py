@@ -49,6 +49,8 @@ class PolyalignConfig(TrainingArguments):
     detect_language: bool = True
     dominant_language: str = field(default="en", metadata={"help": "MPO dominant language"})
     max_examples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a non-empty output_dir of another run (else refused)"})
     # Tokenisation.
     max_length: int = 1024
     max_prompt_length: int | None = None

@@ -6,7 +6,9 @@
   when it saves a checkpoint, and that holds model weights: ``*.safetensors``, or for FSDP's
   ``SHARDED_STATE_DICT`` a ``pytorch_model_fsdp_0/`` folder with its ``.metadata``), or a
   fresh start when there is none. A checkpoint cut short by a
-  crash (no or unreadable ``trainer_state.json``) is skipped with a warning, never loaded.
+  crash (no or unreadable ``trainer_state.json``) is skipped with a warning, never loaded,
+  and so is one saved by another run (its ``polyalign_run.json`` fingerprint differs:
+  :mod:`polyalign.training.identity`).
 - :func:`write_rank_report` writes ``<output_dir>/ranks/rank-<i>.json`` on every process:
   its index, the number of processes, accelerate's distributed type (``NO``, ``MULTI_CPU``,
   ``MULTI_GPU``, ``FSDP``, ``DEEPSPEED``), the reference-cache status of that process
@@ -64,12 +66,17 @@ def _checkpoint_is_complete(path: Path) -> bool:
     return any(p.is_dir() and (p / ".metadata").is_file() for p in path.glob("pytorch_model_fsdp_*"))
 
 
-def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
+def resolve_resume(resume: Any, output_dir: str | Path, fingerprint: str | None = None,
+                   identity: dict[str, Any] | None = None) -> str | bool | None:
     """What ``Trainer.train(resume_from_checkpoint=...)`` should get for the setting ``resume``.
 
     ``None``/``False``: start fresh. ``auto``/``latest``: the newest complete checkpoint in
-    ``output_dir`` or None. A path: that checkpoint, which must exist (else a UserError).
+    ``output_dir`` saved by this run (``fingerprint``, see :mod:`polyalign.training.identity`)
+    or None; checkpoints of another run are skipped with a warning. A path: that checkpoint,
+    which must exist, be complete and (with a fingerprint) come from this run, else a UserError.
     """
+    from polyalign.training.identity import checkpoint_matches
+
     if resume is None or resume is False or resume == "":
         return None
     if isinstance(resume, str) and resume.lower() in AUTO_RESUME:
@@ -77,6 +84,15 @@ def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
         newer = [p for p in incomplete if not complete or _step(p) > _step(complete[-1])]
         for path in newer:
             log.warning("skipping incomplete checkpoint %s (no readable trainer_state.json or no model weights)", path)
+        if fingerprint is not None:
+            mine = []
+            for path in complete:
+                ok, why = checkpoint_matches(path, fingerprint, identity)
+                if ok:
+                    mine.append(path)
+                else:
+                    log.warning("not resuming from %s: %s", path, why)
+            complete = mine
         if not complete:
             log.info("resume: auto: no complete checkpoint in %s, starting fresh", output_dir)
             return None
@@ -91,6 +107,10 @@ def resolve_resume(resume: Any, output_dir: str | Path) -> str | bool | None:
     if not _checkpoint_is_complete(path):
         raise UserError("incomplete checkpoint: trainer_state.json missing or unreadable, or no model weights",
                         file=path, field="resume_from_checkpoint")
+    if fingerprint is not None:
+        ok, why = checkpoint_matches(path, fingerprint, identity)
+        if not ok:
+            raise UserError(f"checkpoint does not match this run: {why}", file=path, field="resume_from_checkpoint")
     return str(path)
 
 

@@ -15,7 +15,9 @@ is complete or absent):
   skipped and why, the reference-cache status and the final metrics.
 
 Trainer checkpoints (``checkpoint-N``) go to ``output_dir`` as usual; ``resume_from_checkpoint``
-works as in transformers.
+works as in transformers, but only from checkpoints of this run. ``output_dir`` belongs to one
+run (``polyalign_run.json``, :mod:`polyalign.training.identity`): a non-empty folder of another
+run is refused unless ``overwrite_output_dir: true``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from polyalign.data.collate import Collator
 from polyalign.errors import UserError
-from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.io import atomic_write_json, atomic_write_text, fsync_dir
 from polyalign.training.config import PolyalignConfig
 from polyalign.training.datasets import ExampleDataset, load_training_data, tokenize_settings
 from polyalign.training.reference_cache import (
@@ -151,7 +153,11 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
         raise UserError("train_file is required", field="train_file")
     from polyalign.training.distributed import apply_ddp_defaults, ensure_output_dir
 
+    from polyalign.training.identity import RUN_FILE, claim_output_dir, fingerprint_callback
+
     ensure_output_dir(config.output_dir)  # fail before loading anything when it is not writable
+    # Another run's folder is refused (or, with overwrite_output_dir, its checkpoints ignored).
+    run_fp, run_id_settings = claim_output_dir(config)
     apply_ddp_defaults(config)
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
@@ -173,7 +179,8 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
     )
     from polyalign.training import callbacks, distributed
 
-    resume = distributed.resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    trainer.add_callback(fingerprint_callback(run_fp, Path(config.output_dir) / RUN_FILE))
+    resume = distributed.resolve_resume(config.resume_from_checkpoint, config.output_dir, run_fp, run_id_settings)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except callbacks.NonFiniteLossError as exc:
@@ -191,6 +198,7 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
         "log_history": trainer.state.log_history,
     }
     run_info["resumed_from"] = resume
+    run_info["run_fingerprint"] = run_fp
     if config.mlc_enabled:
         run_info["mlc"] = _mlc_info(config, reports)
     run_info["saved_to"] = str(save_run(trainer, config, run_info))
@@ -237,10 +245,17 @@ def save_run(trainer: Any, config: PolyalignConfig, run_info: dict[str, Any]) ->
         trainer.processing_class.save_pretrained(str(tmp))
     atomic_write_text(tmp / "polyalign_config.yaml", config.to_yaml())
     atomic_write_json(tmp / "run_info.json", _jsonable(run_info))
+    marker = Path(config.output_dir) / "polyalign_run.json"
+    if marker.is_file():  # final/ carries the fingerprint of the run that made it
+        shutil.copyfile(marker, tmp / marker.name)
     old = final.with_name(f".final.old-{os.getpid()}")
     if final.exists():
+        # claim_output_dir let this run own output_dir: the previous final/ is this run's own
+        # (a rerun or a longer run) or overwrite_output_dir was set.
+        log.info("replacing %s with this run's model", final)
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(final.parent)  # the rename itself must be durable before the old model goes
     shutil.rmtree(old, ignore_errors=True)
     return final
 
