@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.common import Loc, get, iter_csv, iter_jsonl, language_code
+from polyalign.data.formats.common import Loc, get, is_blank, iter_csv, iter_jsonl, language_code
 from polyalign.data.languages import canonical_language, language_tag
 from polyalign.data.records import EvalPrompt
-from polyalign.data.validation import Item, LangCheck
+from polyalign.data.validation import EMPTY, Item, LangCheck, Skip
 from polyalign.data.formats.xsafety import read_xsafety, xsafety_files  # noqa: F401  (re-exported)
 from polyalign.errors import UserError
 
@@ -36,7 +36,7 @@ def _is_language(name: str) -> bool:
     return True
 
 
-def read_multijail(path: Path, **_: Any) -> Iterator[Item]:
+def read_multijail(path: Path, **_: Any) -> Iterator[Item | Skip]:
     """MultiJail CSV -> one EvalPrompt per (row, language column).
 
     Required columns: ``id``, ``tags`` (a Python list literal, parsed with
@@ -44,7 +44,7 @@ def read_multijail(path: Path, **_: Any) -> Iterator[Item]:
     ``en``. Every other column whose name is a language code is a language; the rest
     (``source``) go to metadata.
     """
-    rows = iter_csv(path)
+    rows = iter_csv(path, keep_blank=True)
     header_line, header = next(rows, (1, []))
     header = [h.strip() for h in header]
     for column in MULTIJAIL_REQUIRED:
@@ -54,6 +54,10 @@ def read_multijail(path: Path, **_: Any) -> Iterator[Item]:
     languages = {h: canonical_language(h) for h in header if h not in ("id", "tags") and _is_language(h)}
     for line, row in rows:
         loc = Loc(str(path), line)
+        if is_blank(row):  # a row of empty cells: one located skip per language it would have given
+            for lang in languages.values():
+                yield Skip(str(path), line, None, EMPTY, "row with no text in any column", lang)
+            continue
         if len(row) != len(header):
             raise loc.error(None, f"expected {len(header)} columns like the header, got {len(row)}")
         cells = dict(zip(header, row))

@@ -208,11 +208,11 @@ def iter_csv(path: str | Path, *, keep_blank: bool = False) -> Iterator[tuple[in
     """Yield ``(start_line, cells)`` per CSV row (quoted multi-line cells allowed; the
     header, if any, is row 1). Malformed quoting is an error with its line.
 
-    Rows with no text (empty lines, whitespace-only cells) are left out unless
-    ``keep_blank``; readers that keep them count each as a located skip.
+    Empty lines are never rows; rows of whitespace-only cells are left out unless
+    ``keep_blank`` (readers that keep them count each as a located skip).
     """
     for start, row in csv_rows(path):
-        if keep_blank or not is_blank(row):
+        if row and (keep_blank or not is_blank(row)):  # an empty line is no row, as in JSON Lines
             yield start, row
 
 

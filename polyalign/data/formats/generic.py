@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.common import Loc, iter_csv, iter_jsonl, language_code, parse_turns, type_name
+from polyalign.data.formats.common import Loc, is_blank, iter_csv, iter_jsonl, language_code, parse_turns, type_name
 from polyalign.data.formats.preference import UNKNOWN_LANGUAGE, prompt_text
 from polyalign.data.langdetect import detect_language as _detect
 from polyalign.data.records import EvalPrompt, Message, PreferencePair
-from polyalign.data.validation import Item, LangCheck
+from polyalign.data.validation import EMPTY, Item, LangCheck, Skip
 from polyalign.errors import UserError
 
 EVAL_KEYS = ("text", "id", "language", "category", "source_id", "benchmark")
@@ -46,7 +46,7 @@ def check_column_map(column_map: dict[str, str] | None, path: Path) -> str:
     return kind
 
 
-def _rows(path: Path, fmt: str, column_map: dict[str, str]) -> Iterator[tuple[Loc, dict[str, Any]]]:
+def _rows(path: Path, fmt: str, column_map: dict[str, str]) -> Iterator[tuple[Loc, dict[str, Any] | None]]:
     if fmt == "jsonl":
         for loc, obj in iter_jsonl(path):
             for key, column in column_map.items():
@@ -54,13 +54,16 @@ def _rows(path: Path, fmt: str, column_map: dict[str, str]) -> Iterator[tuple[Lo
                     raise loc.error(column, f"missing column mapped to {key!r}")
             yield loc, obj
         return
-    rows = iter_csv(path)
+    rows = iter_csv(path, keep_blank=True)
     header_line, header = next(rows)
     for key, column in column_map.items():
         if column not in header:
             raise UserError(f"column_map maps {key!r} to a column that is not in the header "
                             f"(header has: {', '.join(header)})", file=path, line=header_line, field=column)
     for line, row in rows:
+        if is_blank(row):
+            yield Loc(str(path), line), None
+            continue
         if len(row) != len(header):
             raise UserError(f"expected {len(header)} columns like the header, got {len(row)}", file=path, line=line)
         yield Loc(str(path), line), dict(zip(header, row))
@@ -74,14 +77,17 @@ def _text(obj: dict[str, Any], column: str, loc: Loc) -> str:
 
 
 def read_generic(path: Path, *, fmt: str, column_map: dict[str, str] | None = None, language: str | None = None,
-                 detect_language: bool = True, **_: Any) -> Iterator[Item]:
+                 detect_language: bool = True, **_: Any) -> Iterator[Item | Skip]:
     """Generic ``fmt`` (``jsonl`` or ``csv``) rows -> EvalPrompt or PreferencePair."""
     kind = check_column_map(column_map, path)
     assert column_map is not None
     declared = language_code(language, Loc(str(path), None), "language") if language else None
     mapped = set(column_map.values())
-    parsed: list[tuple[Item, str | None]] = []
+    parsed: list[tuple[Item | Skip, str | None]] = []
     for index, (loc, obj) in enumerate(_rows(path, fmt, column_map)):
+        if obj is None:  # a CSV row of empty cells: counted and located, never dropped silently
+            parsed.append((Skip(loc.file, loc.line, None, EMPTY, "row with no text in any column", declared), None))
+            continue
         row_id = str(obj[column_map["id"]]) if "id" in column_map else str(index)
         metadata = {k: v for k, v in obj.items() if k not in mapped}
         if kind == "pair":
@@ -115,6 +121,6 @@ def read_generic(path: Path, *, fmt: str, column_map: dict[str, str] | None = No
                                 category=optional("category"), source_id=optional("source_id"), metadata=metadata)
         parsed.append((Item(record, loc.file, loc.line, checks), text if lang is None else None))
     for item, undetected in parsed:  # detection after parsing: structural errors come first
-        if undetected is not None:
+        if undetected is not None and isinstance(item, Item):
             item.record = replace(item.record, language=_detect(undetected) or UNKNOWN_LANGUAGE)
         yield item
