@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.common import Loc, get, is_blank, iter_csv, iter_jsonl, language_code
+from polyalign.data.formats.common import Loc, get, is_blank, iter_csv, iter_jsonl
 from polyalign.data.languages import canonical_language, language_tag
 from polyalign.data.records import EvalPrompt
 from polyalign.data.validation import EMPTY, Item, LangCheck, Skip
