@@ -1,7 +1,10 @@
 """``polyalign demo``: the whole pipeline, offline, on the synthetic world, in minutes.
 
-:func:`run_demo` runs every seed in its own process (one per core: one thread per process
-beat two threads per process in the feasibility run), each through
+:func:`run_demo` runs every seed in its own fresh process (``jobs`` at a time, one per core by
+default: one thread per process beat two threads per process in the feasibility run), started
+with the pinned numerics of :mod:`polyalign.toyworld.numerics` (one thread, ATen's AVX2
+kernels, the config's MKL branch), so a seed's numbers do not depend on which worker runs it,
+on what ran before it, on the thread count or on the host's AVX-512 support; each through
 :func:`polyalign.toyworld.demo_seed.run_seed` (world -> cached base model -> English DPO,
 MPO, DPO+MLC -> per-language evaluation on held-out prompts -> reward gap and retrieval),
 then writes under ``out``:
@@ -14,7 +17,7 @@ then writes under ``out``:
 - ``report.html`` / ``report.md`` and figures (:func:`polyalign.report.build_report`, runs
   named base, dpo, mpo, dpo+mlc);
 - ``summary.json``: configuration, seeds, per seed and method the per-language metrics,
-  mean and sd over seeds, and the timings;
+  mean and sd over seeds, the numerics each seed ran with, the git commit, and the timings;
 - ``results_table.md``: methods x languages, unsafe rate and benign accuracy as mean ± sd.
 
 Everything is written atomically. ``cache_dir`` keeps the pretrained base models (keyed by
@@ -35,6 +38,7 @@ from typing import Any
 
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.provenance import git_state
 from polyalign.toyworld.demo_config import DISPLAY, DemoConfig, full_config, quick_config
 
 RUNS = ("base", "dpo", "mpo", "dpo_mlc")
@@ -48,6 +52,9 @@ SPREAD = HEADLINE
 
 def _worker(seed: int, seed_dir: str, cache_dir: str, config: DemoConfig, events: Any) -> dict[str, Any]:
     from polyalign.toyworld.demo_seed import run_seed
+    from polyalign.toyworld.numerics import check_pinned
+
+    check_pinned(config.mkl_branch)
 
     def progress(stage: str, done: int, total: int) -> None:
         events.put((seed, stage, done, total))
@@ -155,12 +162,11 @@ def terminal_table(stats: dict[str, Any]) -> str:
 
 def run_demo(out: str | Path = "runs/demo", *, seeds: list[int] | None = None, quick: bool = False,
              cache_dir: str | Path | None = None, jobs: int | None = None, progress: bool = True,
-             config: DemoConfig | None = None, spawn: bool | None = None) -> dict[str, Any]:
+             config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo; returns the ``summary.json`` document (also written to ``out``).
 
-    Seeds run in ``jobs`` worker processes (default: one per core, at most one per seed);
-    ``spawn=False`` runs them one after another in this process instead (default: only
-    when ``jobs`` is 1). Results are the same either way (one thread per seed).
+    Seeds run in ``jobs`` worker processes at a time (default: one per core, at most one per
+    seed), a fresh process per seed with the pinned numerics (module doc).
     """
     config = config or (quick_config() if quick else full_config())
     seeds = list(seeds if seeds is not None else ([0] if quick else list(DEFAULT_SEEDS)))
@@ -171,7 +177,7 @@ def run_demo(out: str | Path = "runs/demo", *, seeds: list[int] | None = None, q
     jobs = max(1, min(jobs or (os.cpu_count() or 1), len(seeds)))
     wall, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), os.getloadavg()[0]
     seed_dirs = [out / "seeds" / f"seed-{s}" for s in seeds]
-    results = _run_seeds(seeds, seed_dirs, cache, config, jobs, progress, jobs > 1 if spawn is None else spawn)
+    results = _run_seeds(seeds, seed_dirs, cache, config, jobs, progress)
     stats = aggregate_runs(seed_dirs, out)
     from polyalign.report import build_report
 
@@ -183,8 +189,9 @@ def run_demo(out: str | Path = "runs/demo", *, seeds: list[int] | None = None, q
         "config": config.to_dict(), "seeds": seeds, "jobs": jobs, "report": str(html),
         "budget": {"steps": config.align.steps, "batch_size": config.align.batch_size, "lr": config.align.lr,
                    "note": "every method trains this many steps; MPO starts from the DPO checkpoint"},
-        "per_seed": {str(r["seed"]): {"base_cached": r["base_cached"], "timings": r["timings"]} for r in results},
-        "metrics": stats,
+        "per_seed": {str(r["seed"]): {"base_cached": r["base_cached"], "timings": r["timings"],
+                                      "model_sha256": r["model_sha256"]} for r in results},
+        "metrics": stats, "numerics": _numerics(results), "git": git_state(),
         "timing": {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(_cpu_seconds() - cpu_start, 1),
                    "peak_rss_mib": _peak_rss_mib(), "cores": os.cpu_count(),
                    # Other work on the machine stretches wall time, not CPU time: say how loaded it was.
@@ -196,24 +203,19 @@ def run_demo(out: str | Path = "runs/demo", *, seeds: list[int] | None = None, q
 
 
 def _run_seeds(seeds: list[int], seed_dirs: list[Path], cache: Path, config: DemoConfig, jobs: int,
-               progress: bool, spawn: bool) -> list[dict[str, Any]]:
+               progress: bool) -> list[dict[str, Any]]:
     from polyalign.toyworld.demo_progress import SeedBars
+    from polyalign.toyworld.numerics import pinned_environment
 
-    if not spawn:  # sequentially in this process (saves a worker's start-up: imports, Manager)
-        bars = SeedBars(seeds, enabled=progress)
-        try:
-            from polyalign.toyworld.demo_seed import run_seed
-
-            return [run_seed(s, d, cache, config, lambda stage, done, total, s=s: bars.update(s, stage, done, total))
-                    for s, d in zip(seeds, seed_dirs)]
-        finally:
-            bars.close()
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads
-    with context.Manager() as manager:
+    # Fresh interpreters (spawn) inherit the pinned variables before torch and MKL read them;
+    # one task per process, so no seed sees state left by another and the worker-to-seed
+    # mapping (scheduling, load) cannot matter.
+    context = multiprocessing.get_context("spawn")
+    with pinned_environment(config.mkl_branch), context.Manager() as manager:
         events = manager.Queue()
         bars = SeedBars(seeds, enabled=progress)
         try:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
                 futures = [pool.submit(_worker, s, str(d), str(cache), config, events) for s, d in zip(seeds, seed_dirs)]
                 while not all(f.done() for f in futures):
                     bars.drain(events)
@@ -221,6 +223,13 @@ def _run_seeds(seeds: list[int], seed_dirs: list[Path], cache: Path, config: Dem
                 return [f.result() for f in futures]
         finally:
             bars.close()
+
+
+def _numerics(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numerics every seed ran with (one entry when they agree, else per seed)."""
+    found = {str(r["seed"]): r["numerics"] for r in results}
+    first = next(iter(found.values()))
+    return first if all(v == first for v in found.values()) else {"per_seed": found}
 
 
 def _cpu_seconds() -> float:
@@ -249,9 +258,25 @@ def _table_document(table: str, config: DemoConfig, seeds: list[int], summary: d
         f"language. Same budget per method: {a.steps} steps x batch {a.batch_size}, lr {a.lr:g}, beta {a.beta:g} "
         f"(DPO and DPO+MLC with NLL weight {a.nll_weight:g}; MPO from the DPO checkpoint, its reference; "
         f"MLC weight {a.mlc_weight:g} at hidden-state layer {a.mlc_layer}). Wall time "
-        f"{timing['wall_s']:.0f} s, CPU time {timing['cpu_s']:.0f} s{where}.\n\nLanguages: {legend}.\n\n" + table
+        f"{timing['wall_s']:.0f} s, CPU time {timing['cpu_s']:.0f} s{where}.\n\n{provenance_line(summary)}\n\n"
+        f"Languages: {legend}.\n\n" + table
         + "\n" + SCOPE.format(n_harmful=_n_harmful(summary), n_seeds=len(seeds))
     )
+
+
+def provenance_line(summary: dict[str, Any]) -> str:
+    """One sentence: the commit and the numerics the numbers came from."""
+    git, num = summary.get("git") or {}, summary.get("numerics") or {}
+    commit = git.get("commit")
+    code = (f"commit {commit[:12]}" + (" with uncommitted changes" if git.get("dirty") else "")) if commit else \
+        "code outside a git checkout"
+    if "per_seed" in num:
+        machine = "numerics differing between seeds (see summary.json)"
+    else:
+        machine = (f"torch {num.get('torch')}, {num.get('threads')} thread per seed, ATen "
+                   f"{num.get('aten_cpu_capability')} kernels, MKL branch {num.get('mkl_cbwr')} on "
+                   f"{num.get('cpu_vendor') or 'an unknown CPU'} ({num.get('cpu_model') or 'model unknown'})")
+    return f"Produced by {code}; numerics: {machine}."
 
 
 SCOPE = """What this run supports: within this synthetic world (6 invented languages sharing ~25% of

@@ -18,6 +18,12 @@ tuned per method on the test split:
 - DPO+MLC: the DPO arm's settings plus the MLC term at the middle layer (hidden-state
   index 1 of the 2-layer model) with weight 0.1 and temperature 0.2 -- the released
   setting (last layer, weight 0.8) erased language identity in the notes.
+
+Numerics (:mod:`polyalign.toyworld.numerics`): every seed runs in a fresh process with one
+thread and ATen's AVX2 kernels; ``mkl_branch`` is MKL's code branch, ``AUTO`` for the full
+demo (results then also depend on the CPU vendor and instruction set, recorded with them)
+and ``COMPATIBLE`` for ``--quick`` (the same bits on any x86-64 CPU; it costs ~70% more
+pretraining CPU time, affordable only at the reduced size), which CI checks bit for bit.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class DemoConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     methods: tuple[str, ...] = METHODS
+    mkl_branch: str = "AUTO"
 
     def for_seed(self, seed: int) -> DemoConfig:
         """The seed drives the world, the base model's initialisation and data order, and alignment."""
@@ -71,7 +78,7 @@ class DemoConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "world": self.world.to_dict(), "pretrain": self.pretrain.to_dict(),
-                "align": self.align.to_dict(), "methods": list(self.methods)}
+                "align": self.align.to_dict(), "methods": list(self.methods), "mkl_branch": self.mkl_branch}
 
 
 def full_config() -> DemoConfig:
@@ -91,4 +98,5 @@ def quick_config() -> DemoConfig:
         pretrain=PretrainConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, steps=300,
                                 batch_size=32, lr=3e-3, warmup_steps=30),
         align=AlignConfig(steps=30, batch_size=16, lr=3e-4, mlc_dim=64),
+        mkl_branch="COMPATIBLE",
     )

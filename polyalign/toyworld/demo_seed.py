@@ -23,10 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from polyalign.data.writers import write_records
 from polyalign.io import atomic_write_json
 from polyalign.toyworld.demo_config import DISPLAY, DemoConfig
 from polyalign.toyworld.evaluate import evaluate_world
+from polyalign.toyworld.numerics import numerics
 from polyalign.toyworld.pairs import english_preference_pairs, harmful_pair, mpo_parallel_pairs, prompt_variants
 from polyalign.toyworld.pretrain import load_base_model, pretrain_base_model
 from polyalign.toyworld.world import World, build_world
@@ -140,7 +143,9 @@ def write_data(world: World, config: DemoConfig, data_dir: Path, seed: int) -> d
 
 def run_seed(seed: int, seed_dir: str | Path, cache_dir: str | Path, config: DemoConfig,
              progress: Progress = _noop) -> dict[str, Any]:
-    """Run every stage for ``seed``; returns ``{"runs": {run: folder}, "timings": ..., "base_cached": bool}``."""
+    """Run every stage for ``seed``; returns ``{"runs": {run: folder}, "timings": ..., "base_cached": bool,
+    "numerics": ...}``. The numbers depend on this process's numerics (:mod:`polyalign.toyworld.numerics`):
+    :func:`polyalign.toyworld.demo.run_demo` calls it in a pinned worker process."""
     from polyalign.toyworld.demo_progress import quiet_worker
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -202,7 +207,25 @@ def _run_seed(seed: int, seed_dir: str | Path, cache_dir: str | Path, config: De
     atomic_write_json(seed_dir / "timings.json", {"seed": seed, "base_cached": cached, "stages": clock.stages})
     progress("done", 1, 1)
     return {"seed": seed, "runs": {k: str(v) for k, v in runs.items()}, "timings": clock.stages,
-            "base_cached": cached, "base_dir": str(base_dir)}
+            "base_cached": cached, "base_dir": str(base_dir), "numerics": numerics(),
+            "model_sha256": {"base": weights_sha256(base_dir),
+                             **{m: weights_sha256(folder) for m, folder in trained.items()}}}
+
+
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 over a saved model's tensors (names, dtypes, shapes and bytes, in name order):
+    the most sensitive check that two runs computed the same thing."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name).contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _load(folder: Path) -> tuple[Any, Any, dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Pretrain (and cache) the world's base model: a tiny Llama from the project's factory.
 
 The cache folder is ``out_dir/base-<key>`` where ``key`` hashes the world's key (its config,
-seed and generated content), the pretraining config and :data:`CACHE_VERSION`; it holds ``model.safetensors``,
+seed and generated content), the pretraining config, :data:`CACHE_VERSION` and what this
+process's float results depend on (:func:`polyalign.toyworld.numerics.numerics_key`: torch
+version, ATen kernels, MKL branch); it holds ``model.safetensors``,
 the model config, the tokenizer files (``chat_template.jinja`` included) and
 ``toyworld.json`` (the key, both configs, the world seed, the training time and the loss
 curve). A folder with a matching ``toyworld.json`` is reused without training; a folder is
@@ -10,7 +12,8 @@ only ever published complete (written under a temporary name, then renamed).
 Determinism: the model is built with ``seed``, ``torch.manual_seed(seed)`` is set before
 training, the data order comes from ``numpy.random.default_rng(seed)``, and the thread
 count is fixed by the config (float reductions depend on it), so a seed reproduces the
-same weights on the same machine and thread count.
+same weights wherever :func:`~polyalign.toyworld.numerics.numerics_key` is the same (the demo
+pins it in its worker processes, see :mod:`polyalign.toyworld.numerics`).
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, text_fingerprint
 from polyalign.models import build_tiny_model, load_model_and_tokenizer
 from polyalign.toyworld.corpus import Corpus, MixtureConfig
+from polyalign.toyworld.numerics import numerics, numerics_key
 from polyalign.toyworld.tokenizer import build_word_tokenizer
 from polyalign.toyworld.world import World
 
-CACHE_VERSION = "toyworld-pretrain-v1"
+# v2: the key includes the numerics (v1 models were trained under whatever kernels the host chose).
+CACHE_VERSION = "toyworld-pretrain-v2"
 META_FILE = "toyworld.json"
 
 
@@ -76,8 +81,8 @@ class PretrainConfig:
 
 
 def cache_key(world: World, config: PretrainConfig) -> str:
-    """Hash of everything that determines the base model's weights."""
-    return text_fingerprint(CACHE_VERSION, world.key, config.to_dict())
+    """Hash of everything that determines the base model's weights, this process's numerics included."""
+    return text_fingerprint(CACHE_VERSION, world.key, config.to_dict(), numerics_key())
 
 
 def lr_factor(step: int, config: PretrainConfig) -> float:
@@ -211,7 +216,7 @@ def pretrain_base_model(world: World, out_dir: str | Path, config: PretrainConfi
         "key": key, "cache_version": CACHE_VERSION, "world_seed": world.seed, "world_key": world.key,
         "world_config": world.config.to_dict(), "pretrain_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(seconds, 2),
-        "train_cpu_seconds": round(cpu_seconds, 2), "threads": config.num_threads,
+        "train_cpu_seconds": round(cpu_seconds, 2), "threads": config.num_threads, "numerics": numerics(),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
         "loss_curve": curve,
     })
