@@ -134,7 +134,7 @@ def test_mpo_with_a_chinese_dominant_side(tmp_path, capsys):
     result = read_records(tmp_path / "qwen_mpo_data.json")
     assert result.format == "mpo"
     (note,) = result.notes
-    assert "detected: zh (7 of 7 source prompts, 100.0%)" in note
+    assert "detected: zh (7 of 7 source prompts lingua could label (7 looked at), 100.0%)" in note
     assert "dominant (source) language detected: zh" in capsys.readouterr().err
     assert {r.dominant.language for r in result.records} == {"zh"}
     assert Counter(r.target.language for r in result.records) == expected["targets"]

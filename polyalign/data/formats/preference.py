@@ -51,15 +51,16 @@ def response_text(value: Any, loc: Loc, field: str) -> str:
 DOMINANT_SAMPLE = 500  # source prompts voting on the dominant language (evenly spaced)
 
 
-def detect_dominant(prompts: list[str]) -> tuple[str | None, int, int]:
-    """Majority vote of lingua over (a sample of) the source prompts:
-    ``(language or None, votes for it, texts that voted)``."""
+def detect_dominant(prompts: list[str]) -> tuple[str | None, int, int, int]:
+    """Majority vote of lingua over (a sample of) the source prompts: ``(language or None,
+    votes for it, texts lingua could label, texts sampled)``."""
     step = max(1, len(prompts) // DOMINANT_SAMPLE)
-    votes = Counter(d for d in (_detect(t) for t in prompts[::step]) if d is not None)
+    sample = prompts[::step]
+    votes = Counter(d for d in (_detect(t) for t in sample) if d is not None)
     if not votes:
-        return None, 0, 0
+        return None, 0, 0, len(sample)
     language, count = votes.most_common(1)[0]
-    return language, count, sum(votes.values())
+    return language, count, sum(votes.values()), len(sample)
 
 
 def read_mpo(path: Path, *, dominant_language: str | None = None, language: str | None = None,
@@ -123,19 +124,19 @@ def _dominant(path: Path, parsed: list[Any], given: str | None, detect_language:
     if not detect_language:
         assert given is not None
         return given
-    found, votes, total = detect_dominant([prompt_text(sides["source"][0]) for _, _, sides in parsed])
+    found, votes, total, sampled = detect_dominant([prompt_text(sides["source"][0]) for _, _, sides in parsed])
     share = votes / total if total else 0.0
+    how = f"{votes} of {total} source prompts lingua could label ({sampled} looked at), {share:.1%}"
     if given is not None:
         if found is not None and found != given and share > 0.5:
-            raise UserError(f"the data's dominant (source) side looks like {found!r} ({votes} of {total} source "
-                            f"prompts, {share:.0%}), not {given!r} as set; pass --dominant-language {found} "
+            raise UserError(f"the data's dominant (source) side looks like {found!r} ({how}), not {given!r} as "
+                            f"set; pass --dominant-language {found} "
                             f"(dominant_language: {found})", file=path, field="dominant_language")
         return given
     if found is None:
         raise UserError("cannot tell the dominant (source) language of this MPO data; pass "
                         "--dominant-language", file=path, field="dominant_language")
-    note = (f"dominant (source) language detected: {found} ({votes} of {total} source prompts, {share:.1%}); "
-            "pass --dominant-language to set it")
+    note = f"dominant (source) language detected: {found} ({how}); pass --dominant-language to set it"
     print(f"polyalign: {path}: {note}", file=sys.stderr)
     if notes is not None:
         notes.append(note)
