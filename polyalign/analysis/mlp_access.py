@@ -48,7 +48,14 @@ _GATED = {"llama", "gemma", "gemma2", "gemma3_text", "qwen2", "qwen3", "mistral"
 
 
 def mlp_access(model: nn.Module) -> MLPAccess:
-    """Find the down projections of ``model``; unknown families are a :class:`UserError`."""
+    """Find the down projections of ``model``; unknown families are a :class:`UserError`.
+
+    A PEFT-wrapped model is looked into (its ``model`` attribute is PEFT's tuner, not the
+    decoder); a LoRA-adapted down projection is reached as the adapter layer, so hooks see
+    the activation that enters base and adapter alike.
+    """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     family = getattr(getattr(model, "config", None), "model_type", None)
     if family in _GATED:
         layers = model.model.layers

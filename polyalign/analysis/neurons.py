@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from polyalign.analysis.hidden import encode_batch, forward_hidden
+from polyalign.analysis.hidden import forward_hidden, length_sorted_batches, pad_rows, progress_bar, tokenize_texts
 from polyalign.analysis.mlp_access import mlp_access
 from polyalign.errors import UserError
 
@@ -67,7 +67,11 @@ def neuron_activations(
     max_length: int | None = None,
     add_special_tokens: bool = True,
 ) -> torch.Tensor:
-    """``[len(texts), len(neurons)]`` float64: each text's mean activation (non-padding tokens)."""
+    """``[len(texts), len(neurons)]`` float64: each text's mean activation (non-padding tokens).
+
+    Forward pre-hooks on the down projections read the activations during a decoder-only
+    forward (no LM head), texts in length-sorted batches.
+    """
     access = mlp_access(model)
     wanted: dict[int, list[tuple[int, int]]] = defaultdict(list)  # layer -> [(column, neuron index)]
     for col, n in enumerate(neurons):
@@ -86,18 +90,22 @@ def neuron_activations(
 
         return hook
 
+    rows = tokenize_texts(tokenizer, texts, add_special_tokens=add_special_tokens, max_length=max_length) if texts else []
     handles = [access.down_projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in wanted]
+    bar = progress_bar(len(rows), "neuron activations")
     try:
-        for start in range(0, len(texts), batch_size):
-            batch = encode_batch(tokenizer, texts[start : start + batch_size], add_special_tokens=add_special_tokens, max_length=max_length)
+        for group in length_sorted_batches([len(r) for r in rows], batch_size):
+            batch = pad_rows(tokenizer, [rows[i] for i in group])
             captured.clear()
-            forward_hidden(model, batch)
+            forward_hidden(model, batch, output_hidden_states=False)  # the hooks are all we need
             mask = batch["attention_mask"].bool().unsqueeze(-1)  # [B, T, 1]
             for layer, pairs in wanted.items():
                 acts = captured[layer].double().cpu()  # [B, T, k]
                 mean = torch.where(mask, acts, 0.0).sum(1) / mask.sum(1)
-                out[start : start + len(batch["input_ids"]), [c for c, _ in pairs]] = mean
+                out[torch.tensor(group)[:, None], torch.tensor([c for c, _ in pairs])[None, :]] = mean
+            bar.update(len(group))
     finally:
+        bar.close()
         for h in handles:
             h.remove()
     return out

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from polyalign.analysis.hidden import pooled_hidden_states
+from polyalign.analysis.hidden import pooled_hidden_states, progress_bar
 from polyalign.data.records import PromptVariants
 from polyalign.errors import UserError
 
@@ -85,11 +85,13 @@ def bilingual_retrieval(
     batch_size: int = 16,
     layers: Sequence[int] | None = None,
     max_length: int | None = None,
+    progress: bool = True,
 ) -> RetrievalResult:
     """Retrieval between ``sentences[pivot]`` and every other language, per layer.
 
     ``sentences`` maps language -> N sentences, line ``i`` the same sentence everywhere.
-    Texts are encoded as plain text with the tokenizer's usual special tokens, right padded.
+    Texts are encoded as plain text with the tokenizer's usual special tokens, right padded,
+    by the decoder alone; one progress bar (stderr, after ~3 s) counts every language's texts.
     """
     if pivot not in sentences:
         raise UserError(f"pivot language {pivot!r} not in the data (have: {', '.join(sorted(sentences))})", field="pivot")
@@ -101,21 +103,24 @@ def bilingual_retrieval(
     if not others:
         raise UserError("need at least one language besides the pivot", field="languages")
 
+    bar = progress_bar(n * len(sentences), "retrieval: encoding", enabled=progress)
+
     def embed(texts: Sequence[str]) -> tuple[list[int], torch.Tensor]:
         return pooled_hidden_states(
             model, tokenizer, list(texts), pooling="mean", layers=layers,
-            batch_size=batch_size, max_length=max_length,
+            batch_size=batch_size, max_length=max_length, progress=bar,
         )
 
-    chosen, pivot_states = embed(sentences[pivot])
-    result = RetrievalResult(pivot=pivot, layers=chosen, n_sentences=n)
-    for lang in others:
-        _, states = embed(sentences[lang])
-        per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
-        for k in range(len(chosen)):
-            for name, value in zip(METRICS, retrieval_scores(pivot_states[k], states[k])):
-                per_metric[name].append(value)
-        result.per_layer[lang] = per_metric
+    with bar:
+        chosen, pivot_states = embed(sentences[pivot])
+        result = RetrievalResult(pivot=pivot, layers=chosen, n_sentences=n)
+        for lang in others:
+            _, states = embed(sentences[lang])
+            per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
+            for k in range(len(chosen)):
+                for name, value in zip(METRICS, retrieval_scores(pivot_states[k], states[k])):
+                    per_metric[name].append(value)
+            result.per_layer[lang] = per_metric
     return result
 
 

@@ -7,9 +7,9 @@ is what the template adds after it for an assistant turn (so an end-of-turn mark
 template writes counts as a response token, as in TRL). Prompt and response are tokenised
 separately and concatenated, so the response's tokens never merge with the prompt's.
 
-This is a self-contained, straightforward implementation (one padded forward per batch,
-log-softmax in float32, per-token log-probs summed in float64); it does not use
-``polyalign.losses.logprobs``, which did not exist when this was written.
+Scoring is training's: :func:`polyalign.losses.logprobs.model_sequence_logps` runs the decoder
+once per batch (right padded) and projects only the response positions through the LM head
+(float32 log-softmax; Gemma-2's final soft-capping applied), so no ``[B, T, V]`` logits exist.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from polyalign.analysis.hidden import eval_mode, model_device, render_prompt
+from polyalign.analysis.hidden import eval_mode, length_sorted_batches, model_device, progress_bar, render_prompt
 from polyalign.analysis.stats import correlate
 from polyalign.data.records import Message, ParallelPair, PreferencePair
 from polyalign.errors import UserError
+from polyalign.losses.logprobs import model_sequence_logps
 
 
 def prompt_and_response_ids(
@@ -67,33 +68,33 @@ def _score(
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses differ in length")
     device = model_device(model)
-    out: list[float] = []
-    truncated: list[bool] = []
-    for start in range(0, len(prompts), batch_size):
-        rows, n_prompt = [], []
-        for i in range(start, min(start + batch_size, len(prompts))):
-            p_ids, r_ids = prompt_and_response_ids(tokenizer, prompts[i], responses[i])
-            p_ids, r_ids, cut = truncate_pair(p_ids, r_ids, max_length)
-            if not r_ids or not p_ids:
-                # The first token has no prediction: a response needs a prompt token before it.
-                raise UserError(f"pair {i}: nothing to score ({'empty answer' if not r_ids else 'empty prompt'})")
-            rows.append(p_ids + r_ids)
-            n_prompt.append(len(p_ids))
-            truncated.append(cut)
-        width = max(len(r) for r in rows)
-        ids_t = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids_t[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
-        with torch.no_grad(), eval_mode(model):
-            logits = model(input_ids=ids_t.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        # Token t is predicted from position t-1.
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids_t[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).double().cpu()
-        for b, row in enumerate(rows):
-            span = token_logp[b, n_prompt[b] - 1 : len(row) - 1]
-            out.append(float(span.sum() / span.numel()))
+    rows, n_prompt, truncated = [], [], []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        p_ids, r_ids = prompt_and_response_ids(tokenizer, prompt, response)
+        p_ids, r_ids, cut = truncate_pair(p_ids, r_ids, max_length)
+        if not r_ids or not p_ids:
+            # The first token has no prediction: a response needs a prompt token before it.
+            raise UserError(f"pair {i}: nothing to score ({'empty answer' if not r_ids else 'empty prompt'})")
+        rows.append(p_ids + r_ids)
+        n_prompt.append(len(p_ids))
+        truncated.append(cut)
+    out = [0.0] * len(rows)
+    with progress_bar(len(rows), "reward gap: scoring") as bar:
+        for group in length_sorted_batches([len(r) for r in rows], batch_size):
+            width = max(len(rows[i]) for i in group)
+            ids_t = torch.zeros((len(group), width), dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            response = torch.zeros((len(group), width), dtype=torch.bool)
+            for b, i in enumerate(group):
+                ids_t[b, : len(rows[i])] = torch.tensor(rows[i])
+                mask[b, : len(rows[i])] = 1
+                response[b, n_prompt[i] : len(rows[i])] = True
+            with torch.no_grad(), eval_mode(model):
+                # The decoder, then the LM head on the response positions only (no [B, T, V] logits).
+                _, avg, _, _ = model_sequence_logps(model, ids_t.to(device), mask.to(device), response.to(device))
+            for b, i in enumerate(group):
+                out[i] = float(avg[b])
+            bar.update(len(group))
     return out, truncated
 
 

@@ -57,9 +57,9 @@ def tok():
     return build_tiny_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_tiny_model("gemma2", tok, seed=3)
+@pytest.fixture(scope="module", params=["gemma2", "gemma3"])
+def model(tok, request):
+    return build_tiny_model(request.param, tok, seed=3)
 
 
 def test_model_run_matches_manual(model, tok):

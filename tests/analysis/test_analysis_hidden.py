@@ -1,4 +1,5 @@
-"""Pooled hidden states: batched + padded equals one-text-at-a-time, for both padding sides."""
+"""Pooled hidden states: batched + padded equals one-text-at-a-time, for both padding sides;
+the decoder alone gives the whole model's hidden states, and no analysis calls the LM head."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from polyalign.analysis.hidden import encode_batch, pooled_hidden_states, prompt
 from polyalign.errors import UserError
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
-TEXTS = ["Hello there, how are you?", "你好", "Привет! Как дела сегодня у тебя, друг?", "ok", "مرحبا بك"]
+TEXTS = ["Hello there, how are you?", "你好", "Привет! Как дела сегодня у тебя, друг?", "ok", "مرحبا بك",
+         "A longer sentence, so that the sliding window of the tiny Gemma-3 is crossed well before its end."]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def _gpt2(tok):
     return GPT2LMHeadModel(cfg).eval()
 
 
-@pytest.fixture(scope="module", params=["llama", "gemma2", "qwen2", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gemma2", "gemma3", "qwen2", "gpt2"])
 def model(request, tok):
     return _gpt2(tok) if request.param == "gpt2" else build_tiny_model(request.param, tok, seed=2)
 
@@ -114,3 +116,84 @@ def test_peft_wrapped_model_left_padding(tok):
     # LoRA's B starts at zero, so the wrapped model computes the base function; with left
     # padding this only holds if position ids reach the base model.
     assert torch.allclose(got, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_decoder_only_states_equal_the_whole_models_hidden_states(tok, arch, padding_side):
+    from polyalign.analysis.hidden import encode_batch, forward_hidden
+
+    model = build_tiny_model(arch, tok, seed=4, num_layers=4)
+    batch = encode_batch(tok, TEXTS, padding_side=padding_side)
+    assert batch["input_ids"].shape[1] > 2 * 8  # longer than tiny Gemma-3's sliding window
+    got = forward_hidden(model, batch)
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(**batch, position_ids=position_ids, output_hidden_states=True).hidden_states
+    assert len(got) == len(ref) == 5
+    mask = batch["attention_mask"].bool()
+    for layer, (a, b) in enumerate(zip(got, ref)):
+        # Same decoder, same inputs: equal up to float rounding at the real tokens, every layer.
+        assert torch.allclose(a[mask], b[mask], atol=1e-6, rtol=0), (layer, (a[mask] - b[mask]).abs().max())
+
+
+class HeadCounter:
+    """Counts LM-head calls and the rows each one projected."""
+
+    def __init__(self, model):
+        self.rows: list[int] = []
+        self.handle = model.get_output_embeddings().register_forward_hook(
+            lambda module, args, output: self.rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "peft-gemma3"])
+def test_no_analysis_calls_the_lm_head(tok, arch):
+    from polyalign.analysis.collinearity import collinearity
+    from polyalign.analysis.neurons import neuron_activations
+    from polyalign.analysis.probe import train_toxicity_probe
+    from polyalign.analysis.retrieval import bilingual_retrieval
+    from polyalign.analysis.reward_gap import average_response_logps
+    from polyalign.data.records import Message, PromptVariants
+
+    model = build_tiny_model(arch.removeprefix("peft-"), tok, seed=1)
+    if arch.startswith("peft-"):
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    with HeadCounter(model) as counter:
+        pooled_hidden_states(model, tok, TEXTS, batch_size=2)
+        prompt_last_token_states(model, tok, [[{"role": "user", "content": t}] for t in TEXTS])
+        bilingual_retrieval(model, tok, {"en": TEXTS[:3], "xx": TEXTS[3:6]}, pivot="en", batch_size=2)
+        variants = [PromptVariants(id=f"p{i}", prompts={"en": (Message("user", a),), "ru": (Message("user", b),)})
+                    for i, (a, b) in enumerate([(TEXTS[0], TEXTS[2]), (TEXTS[5], TEXTS[1])])]
+        collinearity(model, tok, variants)
+        neuron_activations(model, tok, TEXTS, [(0, 1), (1, 5)], batch_size=4)
+        train_toxicity_probe(model, tok, TEXTS, [1, 0, 1, 0, 1, 0])
+        assert counter.rows == []
+        # Reward gap needs log-probs, but only of the response tokens: the head sees those rows only.
+        prompts = [[{"role": "user", "content": t}] for t in TEXTS[:3]]
+        answers = ["Sure.", "No, sorry, I cannot do that today.", "ok"]
+        average_response_logps(model, tok, prompts, answers, batch_size=8)
+    n_response = sum(len(tok(tok.apply_chat_template(p + [{"role": "assistant", "content": a}], tokenize=False))["input_ids"])
+                     - len(tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True))["input_ids"])
+                     for p, a in zip(prompts, answers))
+    assert counter.rows == [n_response]
+
+
+def test_length_sorted_batches_and_a_progress_bar_on_stderr(tok, capsys):
+    from polyalign.analysis.hidden import length_sorted_batches, progress_bar
+
+    assert length_sorted_batches([3, 9, 1, 9, 4], 2) == [[1, 3], [4, 0], [2]]
+    with pytest.raises(UserError, match="at least 1"):
+        length_sorted_batches([1], 0)
+    with progress_bar(4, "encoding") as bar:
+        bar.delay = 0  # shown at once (normally after ~3 s)
+        bar.update(4)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "encoding" in captured.err and "4/4" in captured.err

@@ -46,7 +46,8 @@ def _bloom(tok):
 def _all_models(tok):
     return {
         "llama": build_tiny_model("llama", tok), "gemma2": build_tiny_model("gemma2", tok),
-        "qwen2": build_tiny_model("qwen2", tok), "gpt2": _gpt2(tok), "bloom": _bloom(tok),
+        "gemma3": build_tiny_model("gemma3", tok), "qwen2": build_tiny_model("qwen2", tok), "gpt2": _gpt2(tok),
+        "bloom": _bloom(tok),
     }
 
 
@@ -75,7 +76,7 @@ def test_accessors_value_vectors_and_activations(tok):
 
         # Activations via the pre-hook equal the MLP formula applied to the MLP's input.
         mlp = access.down_projections[1]
-        block_mlp = model.model.layers[1].mlp if family in ("llama", "gemma2", "qwen2") else model.transformer.h[1].mlp
+        block_mlp = model.model.layers[1].mlp if family in ("llama", "gemma2", "gemma3", "qwen2") else model.transformer.h[1].mlp
         seen = []
         handle = block_mlp.dense_h_to_4h.register_forward_pre_hook(lambda m, a: seen.append(a[0])) if family == "bloom" \
             else block_mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
@@ -128,7 +129,9 @@ MARK, TARGET, LAYER, IDX = " plant", "Sorry", 1, 37
 @pytest.fixture(scope="module")
 def planted(tok):
     """A tiny Llama with one planted "toxic" neuron: it fires on the marker token and
-    writes the unembedding direction of the target token into the residual stream."""
+    writes the unembedding direction of the target token into the residual stream.
+    (Llama only: Gemma-3's normalised MLP input and output keep this construction from
+    dominating the residual stream; Gemma-3's neurons are checked in the accessor test.)"""
     model = build_tiny_model("llama", tok, seed=1)
     mark_id, target_id = tok.convert_tokens_to_ids("Ġplant"), tok.convert_tokens_to_ids(TARGET)
     assert tok(MARK)["input_ids"] == [mark_id] and tok(TARGET)["input_ids"] == [target_id]

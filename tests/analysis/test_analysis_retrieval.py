@@ -70,9 +70,9 @@ def tok():
     return build_tiny_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_tiny_model("qwen2", tok, seed=5)
+@pytest.fixture(scope="module", params=["qwen2", "gemma3"])
+def model(tok, request):
+    return build_tiny_model(request.param, tok, seed=5)
 
 
 def test_model_run_matches_manual_pipeline(model, tok):

@@ -27,9 +27,9 @@ def tok():
     return build_tiny_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_tiny_model("llama", tok, seed=11)
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model(tok, request):
+    return build_tiny_model(request.param, tok, seed=11)
 
 
 def _pair(pid, lang, prompt, chosen, rejected, system=None):
