@@ -70,7 +70,8 @@ def read_mpo(path: Path, *, dominant_language: str | None = None, language: str 
     The file has no language labels. The dominant (source) side's language is detected by
     majority vote over the source prompts (:func:`detect_dominant`) and used unless
     ``dominant_language`` is given; what was detected, and how sure, is printed and added
-    to ``notes``. A given ``dominant_language`` that a clear majority (> 50 %) of the
+    to ``notes`` (with detection off it is ``en``, the released files' convention). A given
+    ``dominant_language`` that a clear majority (> 50 %) of the
     source prompts contradicts is an error saying what the data looks like. The target
     side gets ``language`` when given (then checked like any declared label), else the vote
     of lingua over target prompt, chosen and rejected
@@ -80,9 +81,6 @@ def read_mpo(path: Path, *, dominant_language: str | None = None, language: str 
     if declared is None and not detect_language:
         raise UserError("MPO files carry no language labels: pass language= (--language) or allow "
                         "language detection", file=path, field="language")
-    if dominant_language is None and not detect_language:
-        raise UserError("MPO files carry no language labels: pass dominant_language= (--dominant-language) "
-                        "or allow language detection", file=path, field="dominant_language")
     parsed = []
     for loc, index, obj in iter_json_list(path):
         if not isinstance(obj, dict):
@@ -122,7 +120,10 @@ def _dominant(path: Path, parsed: list[Any], given: str | None, detect_language:
     if given is not None:
         given = language_code(given, Loc(str(path), None), "dominant_language")
     if not detect_language:
-        assert given is not None
+        if given is None:  # detection off: the released MPO files' convention, said out loud
+            given = "en"
+            if notes is not None:
+                notes.append("dominant (source) language not detected (detection off): assumed en")
         return given
     found, votes, total, sampled = detect_dominant([prompt_text(sides["source"][0]) for _, _, sides in parsed])
     share = votes / total if total else 0.0
