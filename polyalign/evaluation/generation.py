@@ -18,8 +18,9 @@ decoding strips the prompt and special tokens. Greedy when ``temperature == 0``.
   a third of a decode step at batch 16 on CPU). ``disable_compile`` keeps ``generate`` from
   compiling a new graph for each batch shape on GPUs.
 
-Other models (sliding-window layers, e.g. Gemma-2; encoder-decoders) take the plain path:
-one padded prefill inside ``generate``.
+Other models (sliding-window layers, e.g. Gemma-2 and Gemma-3, whose static cache holds
+sliding layers that keep only the last ``sliding_window`` positions; encoder-decoders) take the
+plain path: one padded prefill inside ``generate`` with the model's own hybrid cache.
 
 Determinism (HF backend). Greedy: the output depends only on the prompt (left padding
 with a correct attention mask and position ids; with eager attention batched and

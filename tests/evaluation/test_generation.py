@@ -59,7 +59,7 @@ def _reference_greedy(model, ids: list[int], n: int, eos: int | None = None) -> 
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3"])
 @pytest.mark.parametrize("chat", [True, False])
 def test_batched_greedy_equals_one_at_a_time(tok, arch, chat):
     model = build_tiny_model(arch, tok, seed=1)

@@ -162,5 +162,6 @@ def test_greedy_outputs_do_not_depend_on_batch_size(tok, model):
         assert a == b
 
 
-def test_sliding_window_models_take_the_plain_path(tok):
-    assert not HFGenerator(build_tiny_model("gemma2", tok), tok, GenerationSettings()).grouped_prefill
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_sliding_window_models_take_the_plain_path(tok, arch):
+    assert not HFGenerator(build_tiny_model(arch, tok), tok, GenerationSettings()).grouped_prefill
