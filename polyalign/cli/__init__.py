@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "polyalign.cli.report",
     "polyalign.cli.demo",
     "polyalign.cli.models",
+    "polyalign.cli.study",
 )
 
 

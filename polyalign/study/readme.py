@@ -1,0 +1,116 @@
+"""The README's study block: rendered from a committed ``results/study/summary.json``, and its check.
+
+``polyalign study --publish`` stores the finished study's ``study.json`` (machine paths
+dropped) as :data:`SUMMARY_FILE` and rewrites the README's block between
+:data:`~polyalign.study.table.BEGIN` and :data:`~polyalign.study.table.END` with
+:func:`render_readme_block` of it; ``python -m polyalign.study.readme --check`` exits 1 when
+the README block and the committed summary disagree (the demo's block works the same way,
+:mod:`polyalign.toyworld.readme_tables`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from polyalign.errors import UserError
+from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.provenance import REPO_ROOT
+from polyalign.study.table import BEGIN, END, LABELS, group_table, results_table
+
+SUMMARY_FILE = REPO_ROOT / "results" / "study" / "summary.json"
+README = REPO_ROOT / "README.md"
+
+
+def published(summary: dict[str, Any]) -> dict[str, Any]:
+    """The study summary without example texts (harmful content stays in the run's study.md)."""
+    return {k: v for k, v in summary.items() if k != "examples"}
+
+
+def render_readme_block(summary: dict[str, Any]) -> str:
+    seeds, cost = summary["seeds"], summary["cost"]
+    spread = f"mean ± sd over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]}), no seed spread"
+    n = next((v.get("n_prompts") for m in summary["methods"].values() for v in m["per_language"].values()
+              if v.get("n_prompts")), None)
+    lines = [BEGIN, "",
+             f"Unsafe rate on MultiJail ({n} seeded prompts per language, the same for every method; {spread}; "
+             f"binomial standard error of one rate up to {0.5 / n ** 0.5:.2f}):" if n else "Unsafe rate on MultiJail:",
+             "", results_table(summary).rstrip("\n"), "", group_table(summary).rstrip("\n"), ""]
+    for metric, title in (("language_fidelity", "Language fidelity"), ("degenerate_rate", "Degenerate answers"),
+                          ("reward_gap", "Reward gap (held-out target pairs)")):
+        cells = []
+        for method, data in summary["methods"].items():
+            vals = [v[metric]["mean"] for v in data["per_language"].values() if v.get(metric, {}).get("mean") is not None]
+            cells.append(f"{LABELS.get(method, method)} {sum(vals) / len(vals):.2f}" if vals else f"{method} n/a")
+        lines.append(f"- {title}, mean over languages: " + "; ".join(cells) + ".")
+    overlap = summary["data"].get("overlap", {})
+    lines.append(f"- MultiJail vs training prompts: {overlap.get('n_exact')} exact and {overlap.get('n_near')} near "
+                 f"duplicates (Jaccard >= {overlap.get('near_threshold')}).")
+    probes = summary.get("probes")
+    if probes and probes.get("transfer"):
+        t = probes["transfer"]
+        rho = "n/a" if t["spearman"] is None else f"{t['spearman']:.2f}"
+        lines.append(f"- Retrieval ({probes['model'].rsplit('/', 1)[-1]}) vs English DPO's transfer over the "
+                     f"{t['n']} languages both cover ({', '.join(t['languages'])}): Spearman {rho}.")
+    if probes:
+        col = probes["collinearity"]
+        lines.append(f"- Collinearity (rank-1 share, {col['n_prompts']} MultiJail items x {len(col['languages'])} "
+                     f"languages), layer mean {col['rank1_share_layer_mean']:.3f}.")
+    load = cost["load_average_1min"]
+    git = summary.get("git") or {}
+    lines += ["", f"Cost: {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
+              f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads, 1-minute load {load['start']} at the "
+              f"start and {load['end']} at the end ({'quick' if summary['recipe']['quick'] else 'full'} recipe "
+              f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}{' + local changes' if git.get('dirty') else ''}"
+              f"; stages reused from an earlier run: {len(cost['stages_skipped'])}).", "", END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str, source: Path) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise UserError(f"needs exactly one {BEGIN!r} line followed by one {END!r} line", file=source)
+    return text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+
+
+def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY_FILE) -> bool:
+    """Store the study's summary and rewrite the README block; returns whether the README changed."""
+    try:
+        summary = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror} (run the study first)", file=study_dir / "study.json") from None
+    atomic_write_json(summary_file, published(summary))
+    text = readme.read_text(encoding="utf-8")
+    new = replace_block(text, render_readme_block(published(summary)), readme)
+    if new != text:
+        atomic_write_text(readme, new)
+    return new != text
+
+
+def check(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> list[str]:
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    text = readme.read_text(encoding="utf-8")
+    block = text[text.index(BEGIN): text.index(END) + len(END)] if BEGIN in text and END in text else None
+    if block != render_readme_block(summary):
+        return [f"{readme}: the study block differs from what {summary_file} renders "
+                "(rerun the study and `polyalign study --publish`)"]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m polyalign.study.readme", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README block and the summary disagree")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check()
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
