@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from polyalign.losses import model_sequence_logps, sequence_logps
 
@@ -28,6 +37,13 @@ def _tiny(arch: str, softcap: float | None = 2.0):
         config, cls = LlamaConfig(**common, head_dim=8), LlamaForCausalLM
     elif arch == "qwen2":
         config, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    elif arch == "gemma3":
+        # sliding window 5 < the 9-token rows, so the sliding layer really differs from the global one.
+        # Not 4: the padded positions of row 2 would then see only padding in their window, which in
+        # float64 (eager, transformers 5.23) gives NaN that reaches the real positions in the next layer.
+        config = Gemma3TextConfig(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=5,
+                                  layer_types=["sliding_attention", "full_attention"])
+        cls = Gemma3ForCausalLM
     else:
         # a small cap so that soft-capping visibly changes the log-probs of this tiny model
         config = Gemma2Config(
@@ -67,7 +83,7 @@ def _naive(model, input_ids, attention_mask, response_mask):
     return total, total / mask.sum(1).clamp(min=1)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "qwen2"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 1024])  # 12 response tokens: smaller, not a divisor, larger
 def test_model_sequence_logps_matches_naive_float64(arch, chunk_size):
     model = _tiny(arch).double()
@@ -103,7 +119,7 @@ def test_gemma2_softcap_is_applied():
     assert (without - ref_sum).abs().max().item() > 1e-2  # the cap matters for this model
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # gemma2: tied embeddings + softcap
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])  # gemma2: tied + softcap; gemma3: tied + sliding
 def test_gradients_match_naive(arch):
     model = _tiny(arch).double()
     input_ids, attention_mask, response_mask = _batch()
@@ -120,6 +136,8 @@ def test_gradients_match_naive(arch):
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, naive_grads[name], atol=1e-9, rtol=1e-7), name
     assert naive_grads["lm_head.weight" if arch == "llama" else "model.embed_tokens.weight"].abs().sum() > 0
+    if arch == "gemma3":  # tied: one tensor, input and output embedding gradients summed into it
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def test_weight_tensor_bias_temperature_and_hidden_grad():
