@@ -7,17 +7,20 @@ same item in every language."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 from fixture_builders import (
     write_csv, write_llamafactory, write_mpo_zh_dominant, write_rtplx, write_xsafety,
 )
 from raw_counts import csv_data_rows, first_cells, jsonl_rows
 
 from polyalign.data.readers import ReadResult, read_records
+
+# As tests/conftest.py's shared_data fixture (parametrisation needs the list at collection).
+SHARED_DATA = Path(os.environ.get("POLYALIGN_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 

@@ -170,3 +170,19 @@ def test_eval_results_record_rows_per_language(tmp_path):
         {"rows_read": 12, "rows_used": 8, "rows_skipped": 4}
     assert {k: metrics["en"][k] for k in ("rows_read", "rows_used", "rows_skipped")} == \
         {"rows_read": 9, "rows_used": 9, "rows_skipped": 0}
+
+
+def test_csv_field_cap_is_raised_only_while_reading(tmp_path):
+    """A 300 KB cell (over the csv module's 128 KiB default) is read, and the process-wide
+    cap is the same before and after: never left raised for other code."""
+    import csv
+
+    outside = csv.field_size_limit(131072)  # the module default, whatever ran before
+    try:
+        long_text = "The weather is lovely today. " * 10_000
+        write_csv(tmp_path / "en" / "Insult.csv", [[long_text], ["A short one."]])
+        result = read_records(tmp_path / "en" / "Insult.csv", check_language=False)
+        assert [len(r.text) for r in result.records] == [len(long_text), len("A short one.")]
+        assert csv.field_size_limit() == 131072
+    finally:
+        csv.field_size_limit(outside)

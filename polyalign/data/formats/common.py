@@ -59,8 +59,12 @@ def _field_with_replacement(raw_line: str, kind: str, header: str | None) -> str
                 if "\ufffd" in json.dumps(value, ensure_ascii=False):
                     return str(key)
     if kind == "csv":
-        cells = next(csv.reader([raw_line]), [])
-        names = next(csv.reader([header]), []) if header else []
+        try:
+            with _csv_field_limit(CSV_FIELD_LIMIT):
+                cells = next(csv.reader([raw_line]), [])
+                names = next(csv.reader([header]), []) if header else []
+        except csv.Error:
+            return None
         for index, cell in enumerate(cells):
             if "\ufffd" in cell:
                 return names[index] if index < len(names) else f"column {index + 1}"
