@@ -151,15 +151,16 @@ def content_sha256(path: str | Path) -> str:
     """``sha256:<hex>`` of a file's bytes, cached by (device, inode, size, mtime_ns).
 
     Model weights are gigabytes, so their hash is computed once and kept in
-    :func:`hash_cache_dir` (one small JSON per file, keyed by the resolved path); a file
-    rewritten in place, replaced (new inode), resized or touched is hashed again. The stat
-    is taken before and after hashing: a file that changed while it was read is not cached.
-    An unwritable cache only costs the re-hash, never the answer.
+    :func:`hash_cache_dir` (one small JSON per file, named by device and inode, so a moved
+    or renamed folder keeps its entries); a file rewritten in place, replaced (new inode),
+    resized or touched is hashed again. The stat is taken before and after hashing: a file
+    that changed while it was read is not cached. An unwritable cache only costs the
+    re-hash, never the answer.
     """
     path = Path(path).resolve()
     before = path.stat()
     key = _stat_key(before)
-    entry = hash_cache_dir() / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+    entry = hash_cache_dir() / f"{before.st_dev}-{before.st_ino}.json"
     try:
         cached = json.loads(entry.read_text(encoding="utf-8"))
         if isinstance(cached, dict) and cached.get("stat") == key and str(cached.get("sha256", "")).startswith("sha256:"):
