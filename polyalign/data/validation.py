@@ -101,12 +101,14 @@ class Skip:
 
 
 def record_language(record: Record) -> str | None:
-    """The language a record is counted under: its own, a parallel pair's target side;
-    ``None`` for prompt variants (one record in many languages)."""
+    """The language a record is counted under: its own, a parallel pair's target side,
+    prompt variants' one language; ``None`` for variants in several languages."""
     if isinstance(record, ParallelPair):
         return record.target.language
     if isinstance(record, (PreferencePair, EvalPrompt)):
         return record.language
+    if isinstance(record, PromptVariants) and len(record.prompts) == 1:
+        return next(iter(record.prompts))
     return None
 
 
