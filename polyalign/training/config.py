@@ -222,6 +222,15 @@ def _string_like(hint: Any, default: Any) -> bool:
     return hint is Any and isinstance(default, (str, enum.Enum))
 
 
+_YAML12_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+def _enum_only(hint: Any) -> bool:
+    """Whether every non-None type a field takes is an enum (``save_strategy``): no boolean fits."""
+    args = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+    return bool(args) and all(isinstance(a, type) and issubclass(a, enum.Enum) for a in args)
+
+
 def _typed(key: str, raw: str, hints: dict[str, Any]) -> Any:
     """A value given as text (command line, plain YAML scalar) read by its field's type:
     kept as text for text/enum fields (``null``/``~`` -> None where None is allowed; a
@@ -232,6 +241,10 @@ def _typed(key: str, raw: str, hints: dict[str, Any]) -> Any:
     if _string_like(hint, default) and not raw.lstrip().startswith(("[", "{")):
         if raw in _NULLS and type(None) in typing.get_args(hint):
             return None
+        if raw in _YAML12_BOOLS and not _enum_only(hint):
+            # YAML 1.2's own booleans stay booleans: some text-typed fields take one
+            # (``fsdp: true`` means full sharding to transformers); only 1.1's yes/no/on/off are text.
+            return _YAML12_BOOLS[raw]
         return raw
     if raw == "":
         return ""

@@ -35,3 +35,15 @@ def test_recipe_plain_scalars_of_text_fields(tmp_path):
     config = load_config(recipe)
     assert config.save_strategy == SaveStrategy.NO and config.eval_strategy == IntervalStrategy.NO
     assert config.run_name == "yes" and config.bf16 is False and config.max_steps == 2
+
+
+def test_yaml12_booleans_stay_booleans_in_text_fields(tmp_path):
+    """``fsdp: true`` (a ``str``-typed field that transformers also reads as a boolean) is
+    True, as YAML 1.2 reads it; only YAML 1.1's yes/no/on/off keep their text."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: {tmp_path}\nfsdp: true\nrun_name: no\n", encoding="utf-8")
+    from polyalign.training.config import read_recipe
+    settings, _ = read_recipe(recipe)
+    assert settings["fsdp"] is True and settings["run_name"] == "no"
+    assert parse_overrides(["--fsdp", "false"]) == {"fsdp": False}
+    assert parse_overrides(["--save_strategy", "no"]) == {"save_strategy": "no"}
