@@ -186,3 +186,10 @@ def test_csv_field_cap_is_raised_only_while_reading(tmp_path):
         assert csv.field_size_limit() == 131072
     finally:
         csv.field_size_limit(outside)
+
+
+def test_xsafety_spec_lists_the_readers_canonical_categories():
+    from polyalign.data.formats.xsafety import CATEGORIES
+    from polyalign.evaluation.benchmarks import get_benchmark
+
+    assert tuple(get_benchmark("xsafety").categories) == CATEGORIES
