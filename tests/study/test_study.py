@@ -191,3 +191,31 @@ def test_the_real_recipe_gives_a_reason_for_every_number():
         code = line.split("#", 1)[0]
         if any(ch.isdigit() for ch in code.split(":", 1)[-1]) and ":" in code:
             assert "#" in line, f"line {number} sets a number without a reason: {line!r}"
+
+
+def test_publish_writes_the_readme_block_and_the_check_catches_an_edit(study, tmp_path):
+    from polyalign.study import readme as R
+
+    page = tmp_path / "README.md"
+    page.write_text(f"# x\n\n{R.BEGIN}\nold\n{R.END}\n\nrest\n", encoding="utf-8")
+    summary_file = tmp_path / "results" / "summary.json"
+    summary_file.parent.mkdir()
+    assert R.publish(study["out"], page, summary_file) is True
+    assert R.check(page, summary_file) == [] and page.read_text().endswith(f"{R.END}\n\nrest\n")
+    stored = _json(summary_file)
+    assert "examples" not in stored  # harmful example texts stay in the run folder
+    mean = stored["methods"]["dpo_en"]["per_language"]["en"]["unsafe_rate"]["mean"]
+    row = next(line for line in page.read_text().splitlines() if line.startswith("| en (en) |"))
+    assert f"{mean:.2f}" in row
+    page.write_text(page.read_text().replace(row, row.replace("| en (en) |", "| en (en)  |")), encoding="utf-8")
+    assert R.check(page, summary_file)  # a hand edit of the block is caught
+
+
+def test_readme_study_block_is_what_the_committed_summary_renders():
+    from polyalign.study import readme as R
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    if not R.SUMMARY_FILE.is_file():
+        assert f"{R.BEGIN}\n(no published study yet)\n{R.END}" in text
+        return
+    assert R.check() == []
