@@ -58,8 +58,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--attack", metavar="ATTACK",
                    help="evaluate attacked prompts instead: code-switch[:POLICY.yaml][key=value,...] (CSRT-style mixing "
                    "of the benchmark's parallel languages) or jailbreak[:TEMPLATES.yaml]; written to OUT/attack_prompts.jsonl")
-    p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's")
-    p.add_argument("--judge-option", action="append", metavar="KEY=VALUE", help="judge option (repeatable), e.g. model=gpt-4o")
+    p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's. Several safety "
+                   "judges, comma-separated (refusal,openai), judge the same generations (generated once; each judge's "
+                   "verdicts in its own file): the first gives the metrics, results.json 'agreement' compares them "
+                   "(Cohen's kappa and confusion matrix per language). Rerun an out folder with an added judge to judge "
+                   "its stored generations")
+    p.add_argument("--judge-option", action="append", metavar="[JUDGE.]KEY=VALUE",
+                   help="judge option (repeatable), e.g. model=gpt-4o; with several judges KEY=VALUE goes to the first "
+                   "and JUDGE.KEY=VALUE to the judge named JUDGE (openai.model=gpt-4o)")
     p.add_argument("--judge-batch-size", type=int, default=32, help="items per judge call (default 32)")
     p.add_argument("--max-judge-error-share", type=float, default=0.05,
                    help="fail (exit 2, after writing the results) when more than this share of a language's items "

@@ -128,7 +128,10 @@ def _safety_header(results: dict[str, Any]) -> list[str]:
     gen = results["settings"]["generation"]
     judge = results["settings"]["judge"]
     return [
-        f"- kind: {bench['kind']}; headline: `{results.get('headline')}`; {judge['kind']}: `{judge['name']}`",
+        f"- kind: {bench['kind']}; headline: `{results.get('headline')}`; {judge['kind']}: `{judge['name']}`"
+        + (" (primary: its verdicts give every metric here; also judged by "
+           + ", ".join("`" + j["name"] + "`" for j in results["settings"]["judges"][1:]) + ", see Judge agreement)"
+           if len(results["settings"].get("judges") or []) > 1 else ""),
         f"- generation: {gen['num_samples']} sample(s), {gen['max_new_tokens']} new tokens, "
         + ("greedy" if not gen["temperature"] else f"temperature {gen['temperature']}, top-p {gen['top_p']}")
         + f", chat template {'on' if gen['chat_template'] else 'off'}, seed {gen['seed']}",
@@ -187,6 +190,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += _utility_lines(results["utility"])
     if results.get("consistency"):
         lines += _consistency_lines(results["consistency"])
+    if results.get("agreement"):
+        from polyalign.evaluation.agreement import agreement_markdown
+
+        lines += agreement_markdown(results["agreement"])
     lines.append("")
     lines.append("std is the population standard deviation across languages; every metric is in results.json.")
     return "\n".join(lines) + "\n"

@@ -32,10 +32,12 @@ from typing import Any
 from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
+from polyalign.evaluation.agreement import agreement_section
 from polyalign.evaluation.consistency import consistency_section
 from polyalign.evaluation.fingerprints import adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
+from polyalign.evaluation.stages import JUDGMENTS as JUDGMENTS_NAME
 from polyalign.evaluation.stages import build_judge, generate_and_judge, generation_settings, load_model, log
 from polyalign.evaluation.metrics import error_share_violation, summarize
 from polyalign.evaluation.store import new_run_id
@@ -122,7 +124,10 @@ def evaluate(
     run_stats: dict[str, Any] = {"run_id": run_id}
 
     # Everything a user can get wrong is checked before the model is loaded.
-    spec = prompts = settings = worker = data_path = None
+    spec = prompts = settings = worker = data_path = judge_name = None
+    extra_workers: list[Any] = []
+    judge_names: list[str] = []
+    per_judge_options: list[dict[str, Any]] = []
     if "safety" in suite_names:
         if benchmark is None:
             raise UserError("the safety suite needs a benchmark", field="benchmark")
@@ -132,12 +137,16 @@ def evaluate(
         prompts = select_prompts(spec, data_path, all_prompts, languages=list(languages) if languages else None,
                                  categories=list(categories) if categories else None, limit=limit, seed=seed)
         settings = generation_settings(spec, seed, **overrides)
-        judge_name = judge or spec.judge
+        judge_names, per_judge_options = split_judges(judge or spec.judge, judge_options)
+        if len(judge_names) > 1 and spec.kind != "safety":
+            raise UserError("several judges (judge agreement) need a safety benchmark, not a toxicity one", field="judge")
+        judge_name, judge_options = judge_names[0], per_judge_options[0]
         if spec.kind == "toxicity" and judge_name == "classifier" and "model" not in judge_options:
             raise UserError("the classifier scorer needs a sequence-classification model: --judge-option model=PATH, e.g. "
                             "model=textdetox/xlmr-large-toxicity-classifier-v2 (Perspective is optional: --judge "
                             "perspective; it goes offline after 2026)", field="judge")
         worker = build_judge(spec.kind, judge_name, judge_options)  # before generating: a bad judge fails fast
+        extra_workers = [build_judge(spec.kind, n, o) for n, o in zip(judge_names[1:], per_judge_options[1:])]
     elif benchmark is not None:
         log(f"--suite {','.join(suite_names)}: benchmark {benchmark} is not run (add safety to the suites)")
     benign = None
@@ -145,7 +154,8 @@ def evaluate(
         benign = _prepare_utility(backend, utility_tasks, lm_eval_tasks, benign_benchmark, benign_judge, data=data,
                                   languages=languages, limit=utility_limit or limit, seed=seed, overrides=overrides,
                                   # a toxicity scorer cannot judge refusals: then the default refusal judge
-                                  safety_judge=(judge if spec is None else (judge or spec.judge) if spec.kind == "safety" else None),
+                                  safety_judge=((judge.split(",")[0].strip() if judge else None) if spec is None
+                                                else judge_name if spec.kind == "safety" else None),
                                   judge_options=judge_options)
 
     was_training = False
@@ -171,13 +181,13 @@ def evaluate(
         model_fp = model_fingerprint(model, source, adapter)
 
     per_language: dict[str, dict[str, Any]] = {}
-    utility = consistency = None
+    utility = consistency = agreement = None
     try:
         if spec is not None:
             done = generate_and_judge(kind=spec.kind, name=spec.name, prompts=prompts, settings=settings, generator=generator,
                                       tokenizer=tok, model_identity=model_fp["identity"], backend=backend, worker=worker,
                                       folder=out, run_id=run_id, judge_batch_size=judge_batch_size, progress=progress,
-                                      batch_delay=batch_delay)
+                                      batch_delay=batch_delay, extra_workers=extra_workers)
             run_stats.update(done["stats"])
             # --trust-remote-code is for the evaluated model only, never for the scorer model.
             metrics = compute_metrics(spec.kind, prompts, done["generations"], done["judgments"], scorer_model=scorer_model,
@@ -185,6 +195,11 @@ def evaluate(
             per_language = metrics["per_language"]
             if spec.kind == "safety":  # parallel benchmarks only (else None); from the stored verdicts
                 consistency = consistency_section(prompts, done["generations"], done["judgments"], out)
+                agreement = agreement_section(done["generations"], [(judge_name, done["judgments"])] + [
+                    (o["name"], o["judgments"]) for o in done["other_judges"]])
+                if agreement:
+                    agreement["files"] = [JUDGMENTS_NAME] + [o["file"] for o in done["other_judges"]]
+                    agreement["run"] = {o["name"]: o["stats"] for o in done["other_judges"]}
         if "utility" in suite_names:
             utility = _run_utility(model, tok, model_fp, benign, out=out, run_id=run_id, utility_tasks=utility_tasks,
                                    lm_eval_tasks=lm_eval_tasks, lm_eval_include=lm_eval_include, languages=languages,
@@ -200,8 +215,11 @@ def evaluate(
         "benchmark": spec.to_dict() if spec else None,
         "settings": {
             "generation": settings.to_dict() if settings else None, "backend": backend, "batch_size": batch_size,
-            "judge": ({"name": judge or spec.judge, "kind": "scorer" if spec.kind == "toxicity" else "judge",
+            "judge": ({"name": judge_name, "kind": "scorer" if spec.kind == "toxicity" else "judge",
                        "options": redact(judge_options), "settings": worker.settings()} if spec else None),
+            # every judge, the primary (headline metrics) first; more than one -> results["agreement"]
+            "judges": ([{"name": n, "options": redact(o), "settings": w.settings()} for n, o, w in
+                        zip(judge_names, per_judge_options, [worker, *extra_workers])] if spec else None),
             "selection": {"languages": list(languages) if languages else None, "categories": list(categories) if categories else None,
                           "limit": limit, "seed": seed, "column_map": column_map, "language": language},
             "scorer_model": str(scorer_model) if scorer_model else None,
@@ -215,6 +233,7 @@ def evaluate(
         "headline": spec.headline if spec else "accuracy",
         "utility": utility,
         "consistency": consistency,
+        "agreement": agreement,
         "run": {**run_stats, "seconds": round(time.time() - started, 3)},
     }
     atomic_write_json(out / RESULTS_JSON, results)
@@ -227,6 +246,29 @@ def evaluate(
     if violation:
         raise UserError(violation, file=out / RESULTS_JSON, field="max_judge_error_share")
     return results
+
+
+def split_judges(judge: str, options: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """``"a,b"`` -> ``([a, b], [options of a, options of b])``.
+
+    An option ``NAME.key`` goes to judge ``NAME`` only; a plain ``key`` goes to the primary
+    (first) judge, as it did when there was one judge.
+    """
+    names = [n.strip() for n in judge.split(",")]
+    if not all(names):
+        raise UserError(f"expected judge names separated by commas, got {judge!r}", field="judge")
+    per = [dict() for _ in names]
+    for key, value in options.items():
+        target, dot, rest = key.partition(".")
+        if dot and target in names:
+            for i, n in enumerate(names):  # a judge named twice gets the option in each position
+                if n == target:
+                    per[i][rest] = value
+        elif dot and rest and len(names) > 1:
+            raise UserError(f"judge option {key!r} names no judge of --judge {judge}", field="judge_options")
+        else:
+            per[0][key] = value
+    return names, per
 
 
 def _prepare_utility(backend: str, utility_tasks: Sequence[Any], lm_eval_tasks: Sequence[str], benign_benchmark: Any,

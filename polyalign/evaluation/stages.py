@@ -4,6 +4,9 @@
 benign (over-refusal) prompt set: it generates into ``<folder>/generations.jsonl`` and
 judges into ``<folder>/judgments.jsonl`` (:class:`~polyalign.evaluation.store.JsonlStore`:
 finished work is skipped on a rerun with the same settings, other settings are refused).
+Further judges (``--judge a,b``) judge the same generations, each into its own store
+``judgments.<name>-<fingerprint>.jsonl`` (:func:`judgments_path`), so adding a judge to an
+existing out folder judges the stored generations without generating again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import BenchmarkSpec
 from polyalign.evaluation.fingerprints import weak_reason
 from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
-from polyalign.evaluation.store import JsonlStore
+from polyalign.evaluation.store import JsonlStore, peek_fingerprint
 from polyalign.io import text_fingerprint
 
 GENERATIONS, JUDGMENTS = "generations.jsonl", "judgments.jsonl"
@@ -87,6 +90,23 @@ def _judge_key(g: dict[str, Any]) -> tuple:
     return (g["id"], g["sample"], response_sha(g["text"]))
 
 
+def judgments_path(folder: Path, name: str, fingerprint: str, *, primary: bool) -> Path:
+    """Where one judge's verdicts live: each judge (name + settings fingerprint) has its own store.
+
+    ``judgments.jsonl`` is the primary judge's (the name a single-judge run always used),
+    unless another judge's verdicts are there: a judge whose fingerprint matches that
+    file's header keeps it (so ``--judge a`` then ``--judge b,a`` reuses a's verdicts), and
+    ``judgments.<name>-<fingerprint>.jsonl`` holds any other judge's. A primary judge
+    without its own file and a ``judgments.jsonl`` of another judge opens that file, which
+    refuses the other settings as before.
+    """
+    default = folder / JUDGMENTS
+    own = folder / f"judgments.{name}-{fingerprint}.jsonl"
+    if peek_fingerprint(default) == fingerprint:
+        return default
+    return own if own.exists() or not primary else default
+
+
 def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
                 store: JsonlStore, *, batch_size: int, progress: bool) -> dict[str, int]:
     """Judge (safety) or score (toxicity) every generation whose text has no verdict in ``store``.
@@ -144,12 +164,15 @@ def generate_and_judge(
     judge_batch_size: int,
     progress: bool,
     batch_delay: float = 0.0,
+    extra_workers: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Generate for ``prompts`` and judge the generations, both resumably, under ``folder``.
 
     Returns ``{"generations": [row per (id, sample)], "judgments": {(id, sample): row},
     "fingerprint": <generation settings fingerprint>, "stats": {generated, reused, judged,
-    judge_reused, judge_errors, recovered_torn_lines}}``.
+    judge_reused, judge_errors, recovered_torn_lines}, "other_judges": [{name, judgments,
+    file, stats}]}``: ``judgments``/``stats`` are the primary ``worker``'s; each of
+    ``extra_workers`` judges the same generations into its own store (:func:`judgments_path`).
     """
     gen_settings = {"benchmark": name, "generation": settings.to_dict(), "backend": backend, "model": model_identity}
     gen_fp = text_fingerprint(gen_settings)
@@ -164,18 +187,27 @@ def generate_and_judge(
         gen_torn = gen_store.recovered_torn_lines
     log(f"generated {gen_stats['generated']} new, reused {gen_stats['reused']} from the store (run {run_id})")
 
-    # The judge's own settings() (never secrets) identify its verdicts.
-    judge_settings = {"generations": gen_fp, "kind": kind, "judge": worker.settings(), "keyed_by": "response_sha256"}
-    hint = (f"to judge the same generations differently, copy {GENERATIONS} into a new --out folder and rerun there "
-            "(generation is then skipped)")
-    with JsonlStore(folder / JUDGMENTS, kind="judgments", fingerprint=text_fingerprint(judge_settings), settings=judge_settings,
-                    key_fields=("id", "sample", "response_sha256"), run_id=run_id, hint=hint) as judge_store:
-        judge_stats = judge_stage(kind, worker, prompts, generations, judge_store, batch_size=judge_batch_size,
-                                  progress=progress)
-        # Only verdicts on the exact texts generated now count (keyed by the text's hash).
-        judgments = {(g["id"], g["sample"]): r for g in generations if (r := judge_store.get(_judge_key(g))) is not None}
-        judge_torn = judge_store.recovered_torn_lines
-    if judge_stats["judge_errors"]:
-        log(f"{judge_stats['judge_errors']} item(s) could not be judged (counted as n_error; rerun to retry)")
-    return {"generations": generations, "judgments": judgments, "fingerprint": gen_fp,
+    judgments, judge_stats, judge_torn, others = {}, {}, 0, []
+    for position, judge in enumerate([worker, *extra_workers]):
+        # The judge's own settings() (never secrets) identify its verdicts.
+        judge_settings = {"generations": gen_fp, "kind": kind, "judge": judge.settings(), "keyed_by": "response_sha256"}
+        fingerprint = text_fingerprint(judge_settings)
+        path = judgments_path(folder, judge.name, fingerprint, primary=position == 0)
+        hint = (f"to judge the same generations differently, add the judge (--judge {judge.name},OTHER keeps both "
+                f"apart) or copy {GENERATIONS} into a new --out folder and rerun there (generation is then skipped)")
+        with JsonlStore(path, kind="judgments", fingerprint=fingerprint, settings=judge_settings,
+                        key_fields=("id", "sample", "response_sha256"), run_id=run_id, hint=hint) as judge_store:
+            stats = judge_stage(kind, judge, prompts, generations, judge_store, batch_size=judge_batch_size,
+                                progress=progress)
+            # Only verdicts on the exact texts generated now count (keyed by the text's hash).
+            verdicts = {(g["id"], g["sample"]): r for g in generations if (r := judge_store.get(_judge_key(g))) is not None}
+            judge_torn += judge_store.recovered_torn_lines
+        if stats["judge_errors"]:
+            log(f"judge {judge.name}: {stats['judge_errors']} item(s) could not be judged (counted as n_error / error; "
+                "rerun to retry)")
+        if position == 0:
+            judgments, judge_stats = verdicts, stats
+        else:
+            others.append({"name": judge.name, "judgments": verdicts, "file": path.name, "stats": stats})
+    return {"generations": generations, "judgments": judgments, "fingerprint": gen_fp, "other_judges": others,
             "stats": {**gen_stats, **judge_stats, "recovered_torn_lines": gen_torn + judge_torn}}

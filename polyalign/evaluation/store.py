@@ -51,6 +51,22 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.') or 'settings'}: stored {json.dumps(old, default=str)} != now {json.dumps(new, default=str)}"
 
 
+def peek_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint in a store file's header line, or None (no file, no readable header).
+
+    Read only; lets a caller pick which of several stores a set of settings belongs to
+    before opening (and locking) one.
+    """
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError:
+        return None
+    header = JsonlStore._parse(first)
+    value = header.get("fingerprint") if header else None
+    return value if isinstance(value, str) else None
+
+
 class JsonlStore:
     """An append-only, crash-safe JSONL store of keyed records (see the module docstring).
 
