@@ -4,7 +4,8 @@
   all and per language: every row of the input is a record or a counted skip), what the
   reader detected (e.g. an MPO file's dominant language), record counts (by type and by language),
   prompt/response length statistics in characters (min / median / max) and every content
-  problem, one per line. Exit code 0 whenever the data could be read, problems or not
+  problem, one per line; with ``--model M`` also M's tokenizer fertility per language
+  (:mod:`polyalign.data.fertility`). Exit code 0 whenever the data could be read, problems or not
   (they are listed and counted); 2 for a structural error (one line on stderr).
 * ``convert PATH --to canonical|trl|mpo -o OUT`` reads, writes atomically and prints what
   was read, skipped and written.
@@ -105,7 +106,14 @@ def _summary(result: ReadResult) -> dict[str, Any]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    summary = _summary(_read(args))
+    if args.max_length is not None and (not args.model or args.max_length < 1):
+        raise UserError("needs --model and a positive number of tokens", field="--max-length")
+    result = _read(args)
+    summary = _summary(result)
+    if args.model:  # tokenizer fertility per language (polyalign.data.fertility)
+        from polyalign.data.fertility import fertility, fertility_lines, load_tokenizer, record_texts
+
+        summary["fertility"] = fertility(load_tokenizer(args.model), record_texts(result.records), max_length=args.max_length)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
@@ -133,6 +141,9 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"problems: {len(summary['problems'])}")
     for line in summary["problems"]:
         print(f"  {line}")
+    if "fertility" in summary:
+        print(f"tokenizer fertility ({args.model}; prompts and responses, content tokens without special tokens):")
+        print("\n".join(fertility_lines(summary["fertility"])))
     return 0
 
 
@@ -182,6 +193,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = commands.add_parser("inspect", help="format, counts, lengths and problems of a data set")
     _add_read_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print a JSON summary")
+    inspect.add_argument("--model", help="also show this model's tokenizer fertility per language (tokens per "
+                         "character / whitespace word, token premium vs en)")
+    inspect.add_argument("--max-length", type=int, metavar="N",
+                         help="with --model: count the texts of each language longer than N tokens")
     inspect.set_defaults(func=_inspect)
 
     convert = commands.add_parser("convert", help="convert a data set to canonical, TRL or MPO form")

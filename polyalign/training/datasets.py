@@ -75,6 +75,9 @@ class DataReport:
     limited_to: int | None = None
     tokenize: TokenizeStats = field(default_factory=TokenizeStats)
     variants: Any = None  # a polyalign.data.variants.VariantReport when the MLC term is on
+    # {language: {records, kept, skipped, truncated_prompts, truncated_responses}}: what each
+    # language loses at the configured lengths (MPO: the target language)
+    per_language: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = f"{self.path}: {self.records} records ({self.format})"
@@ -83,6 +86,11 @@ class DataReport:
         if self.limited_to is not None:
             text += f", limited to the first {self.limited_to}"
         text += "; tokenisation: " + self.tokenize.summary()
+        lost = {k: v for k, v in self.per_language.items() if v["skipped"] or v["truncated_prompts"] or v["truncated_responses"]}
+        if lost:
+            text += "; per language (skipped / truncated prompts / truncated responses of records): " + ", ".join(
+                f"{k} {v['skipped']}/{v['truncated_prompts']}/{v['truncated_responses']} of {v['records']}"
+                for k, v in sorted(lost.items()))
         if self.variants is not None:
             text += "; MLC variants: " + self.variants.summary()
         return text
@@ -91,7 +99,8 @@ class DataReport:
         return {"path": self.path, "fingerprint": self.fingerprint, "format": self.format, "records": self.records,
                 "read_skipped": dict(self.read_skipped), "limited_to": self.limited_to,
                 "tokenize": self.tokenize.to_dict(),
-                "variants": self.variants.to_dict() if self.variants is not None else None}
+                "variants": self.variants.to_dict() if self.variants is not None else None,
+                "per_language": {k: dict(v) for k, v in self.per_language.items()}}
 
 
 def check_parallel_pairs(records: list[ParallelPair], dominant_language: str, path: str | Path) -> None:
@@ -149,7 +158,9 @@ def load_training_data(
     else:
         variants = [None] * len(records)
     examples = []
+    stats = report.tokenize
     for record, record_variants in zip(records, variants):
+        before = (sum(stats.skipped.values()), stats.truncated_prompts, stats.truncated_responses)
         if isinstance(record, ParallelPair):
             example = tokenize_parallel_pair(record, tokenizer, settings, report.tokenize)
         else:
@@ -159,6 +170,14 @@ def load_training_data(
                                             if record_variants is not None else {})
         if example is not None:
             examples.append(example)
+        language = record.target.language if isinstance(record, ParallelPair) else record.language
+        row = report.per_language.setdefault(language, {"records": 0, "kept": 0, "skipped": 0, "truncated_prompts": 0,
+                                                        "truncated_responses": 0})
+        row["records"] += 1
+        row["kept"] += example is not None
+        row["skipped"] += sum(stats.skipped.values()) - before[0]
+        row["truncated_prompts"] += stats.truncated_prompts - before[1]
+        row["truncated_responses"] += stats.truncated_responses - before[2]
     if report.read_skipped or report.tokenize.skipped:
         log.warning("%s", report.summary())
     else:
