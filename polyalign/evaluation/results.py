@@ -184,7 +184,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     title = bench["name"] if bench else "utility"
     lines = [f"# {title}: {model['source']}" + (f" + {model['adapter']}" if model.get("adapter") else ""), ""]
     if bench:
-        lines += [*_safety_header(results), ""]
+        over = {lang: m["n_prompts_over_context"] for lang, m in per_language.items() if m.get("n_prompts_over_context")}
+        lines += [*_safety_header(results), *([
+            "- prompts longer than the context leaves (context length - max_new_tokens; never truncated): "
+            + ", ".join(f"{lang} {n}" for lang, n in over.items())] if over else []), ""]
     lines += _table(per_language, summary, columns)
     if results.get("utility"):
         lines += _utility_lines(results["utility"])

@@ -193,6 +193,7 @@ def evaluate(
             metrics = compute_metrics(spec.kind, prompts, done["generations"], done["judgments"], scorer_model=scorer_model,
                                       device=device, trust_remote_code=False)
             per_language = metrics["per_language"]
+            _add_prompt_lengths(per_language, done["prompt_lengths"], model, settings, tok, prompts)
             if spec.kind == "safety":  # parallel benchmarks only (else None); from the stored verdicts
                 consistency = consistency_section(prompts, done["generations"], done["judgments"], out)
                 agreement = agreement_section(done["generations"], [(judge_name, done["judgments"])] + [
@@ -246,6 +247,31 @@ def evaluate(
     if violation:
         raise UserError(violation, file=out / RESULTS_JSON, field="max_judge_error_share")
     return results
+
+
+def _add_prompt_lengths(per_language: dict[str, dict[str, Any]], lengths: list[tuple[str, int]], model: Any,
+                        settings: Any, tokenizer: Any, prompts: Sequence[Any]) -> None:
+    """Per language: the tokenizer's fertility on the prompts (:mod:`polyalign.data.fertility`), the
+    rendered prompts' token counts and how many leave less than max_new_tokens of context."""
+    from polyalign.data.fertility import context_length, fertility, prompt_length_stats
+
+    texts: dict[str, list[str]] = {}
+    for p in prompts:
+        texts.setdefault(p.language, []).append(p.text)
+    for lang, row in fertility(tokenizer, texts).items():
+        per_language.setdefault(lang, {}).update({k: row[k] for k in ("tokens_per_char", "tokens_per_word", "words_meaningful",
+                                                                      "tokens_per_text", "relative_tokens")})
+
+    context = context_length(model) if model is not None else None
+    room = None if context is None else context - settings.max_new_tokens
+    if room is not None and room < 1:
+        log(f"max_new_tokens {settings.max_new_tokens} fills the model's whole context ({context} tokens)")
+    stats = prompt_length_stats([lang for lang, _ in lengths], [n for _, n in lengths], max_prompt_tokens=room)
+    for lang, row in stats.items():
+        per_language.setdefault(lang, {}).update(row)
+        if row["n_prompts_over_context"]:
+            log(f"{lang}: {row['n_prompts_over_context']} prompt(s) longer than the {room} tokens the context leaves "
+                f"(context {context} - max_new_tokens {settings.max_new_tokens}); counted in n_prompts_over_context")
 
 
 def split_judges(judge: str, options: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

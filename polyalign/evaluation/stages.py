@@ -210,4 +210,6 @@ def generate_and_judge(
         else:
             others.append({"name": judge.name, "judgments": verdicts, "file": path.name, "stats": stats})
     return {"generations": generations, "judgments": judgments, "fingerprint": gen_fp, "other_judges": others,
+            # rendered prompt tokens (chat template included) per prompt, for the per-language length check
+            "prompt_lengths": [(t.prompt.language, len(t.input_ids)) for t in tasks if t.sample == 0],
             "stats": {**gen_stats, **judge_stats, "recovered_torn_lines": gen_torn + judge_torn}}
