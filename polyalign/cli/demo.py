@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
         description="Build the synthetic multilingual world, pretrain (or reuse) its tiny base model, align it with "
         "English-only DPO, MPO and DPO+MLC under the same budget, evaluate every language on held-out prompts, run "
         "the reward-gap and retrieval analyses and write OUT/report.html, OUT/summary.json and "
-        "OUT/results_table.md. One process per seed, run in parallel (one per core).",
+        "OUT/results_table.md. Each seed in its own fresh process (one per core at a time) with pinned numerics: one "
+        "thread, ATen's AVX2 kernels, MKL's AUTO branch (--quick: COMPATIBLE); summary.json records them, the git "
+        "commit and every model's weight hash.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default 0,1,2,3; --quick: 0)")
@@ -44,5 +46,6 @@ def run(args: argparse.Namespace) -> int:
     print(terminal_table(summary["metrics"]))
     timing = summary["timing"]
     print(f"wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s; report: {summary['report']}")
-    print(f"table for the README: {Path(args.out) / 'results_table.md'}")
+    print(f"tables: {Path(args.out) / 'results_table.md'}; into the README (full config, clean commit): "
+          f"python -m polyalign.toyworld.readme_tables --from-run {args.out}")
     return 0
