@@ -17,6 +17,9 @@ Files and keys read from each run folder (anything else in the folder is ignored
   - ``consistency`` (optional; ``polyalign eval`` on a parallel benchmark): ``dominant``
     and ``matrix`` = ``{"languages": [codes], "agreement": [[value or null]]}`` (square),
     drawn as the consistency heat map.
+  - ``agreement`` (optional; ``polyalign eval --judge a,b``): ``pairs`` = ``[{"a", "b",
+    "per_language": {lang: {"kappa": value or null}}}]`` and ``statements``, drawn as the
+    judge-agreement heat map (:mod:`polyalign.report.agreement_plot`); the statements are notes.
 - ``reward_gap.json`` (optional), either of:
   - ``{"per_language": {lang: {"policy_gap": f, "reference_gap": f, "n": int}}}``;
   - the ``polyalign analyze reward-gap`` output ``{"analysis": "reward_gap", "result":
@@ -72,6 +75,7 @@ class RunData:
     retrieval: dict[str, dict[str, list[Any]]] | None = None
     retrieval_pivot: str | None = None
     consistency: dict[str, Any] | None = None
+    agreement: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -256,6 +260,11 @@ def load_run(path: str | Path, name: str) -> RunData:
         headline=results.get("headline") if isinstance(results.get("headline"), str) else None, notes=notes,
         consistency=_consistency(results.get("consistency"), results_file),
     )
+    from polyalign.report.agreement_plot import read_agreement
+
+    run.agreement = read_agreement(results.get("agreement"), results_file)
+    if run.agreement:  # the plain statements about judge disagreement go to the report's notes
+        run.notes.extend(f"{name}: {s}" for s in run.agreement["statements"])
     if (folder / REWARD_GAP_FILE).exists():
         run.reward_gap = _reward_gap(read_json(folder / REWARD_GAP_FILE), folder / REWARD_GAP_FILE)
     if (folder / RETRIEVAL_FILE).exists():

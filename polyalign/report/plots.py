@@ -19,6 +19,8 @@ every figure; legends sit outside the axes; ``bbox_inches="tight"`` keeps them i
   utility metric and over-refusal as horizontal bars in three panels side by side;
 - consistency heat map (when a run has a ``consistency`` matrix): pairwise verdict agreement
   between languages (:mod:`polyalign.report.consistency_plot`).
+- fertility beside safety and the judge-agreement heat map (:mod:`polyalign.report.fertility_plot`,
+  :mod:`polyalign.report.agreement_plot`).
 """
 
 from __future__ import annotations
@@ -413,4 +415,10 @@ def build_plots(runs: list[RunData], languages: list[str], dominant: str | None)
     from polyalign.report.consistency_plot import consistency_heatmap  # imports this module
 
     plots.append(consistency_heatmap(runs))
+    from polyalign.report.agreement_plot import agreement_heatmap
+    from polyalign.report.fertility_plot import fertility_beside_safety
+
+    if metric:
+        plots.append(fertility_beside_safety(runs, metric, languages, dominant))
+    plots.append(agreement_heatmap(runs))
     return [p for p in plots if p is not None]
