@@ -21,6 +21,11 @@ def _study(args: argparse.Namespace) -> int:
     from polyalign.study.recipe import load_recipe
     from polyalign.study.runner import run_study
 
+    import logging
+
+    # polyalign's own progress lines (training steps, data counts); other libraries stay at warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("polyalign").setLevel(logging.INFO)
     out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
     if not args.publish_only:
         recipe = load_recipe(args.recipe, quick=args.quick)

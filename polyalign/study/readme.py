@@ -53,8 +53,11 @@ def render_readme_block(summary: dict[str, Any]) -> str:
     if probes and probes.get("transfer"):
         t = probes["transfer"]
         rho = "n/a" if t["spearman"] is None else f"{t['spearman']:.2f}"
-        lines.append(f"- Retrieval ({probes['model'].rsplit('/', 1)[-1]}) vs English DPO's transfer over the "
-                     f"{t['n']} languages both cover ({', '.join(t['languages'])}): Spearman {rho}.")
+        shared = set(t["languages"])
+        lines.append(f"- Retrieval ({probes['model'].rsplit('/', 1)[-1]}, layer mean of the aligned cosine) vs English "
+                     f"DPO's transfer (unsafe-rate drop from base) over the {t['n']} languages both cover: retrieval "
+                     f"ranks them {' > '.join(x for x in t['retrieval_rank'] if x in shared)}, transfer "
+                     f"{' > '.join(x for x in t['transfer_rank'] if x in shared)}; Spearman {rho}.")
     if probes:
         col = probes["collinearity"]
         lines.append(f"- Collinearity (rank-1 share, {col['n_prompts']} MultiJail items x {len(col['languages'])} "
