@@ -82,6 +82,10 @@ def test_overlong_prompts_are_counted_skips_or_errors(tiny_ckpt, tmp_path, capsy
     tok = info["data"]["train"]["tokenize"]
     assert tok["kept"] == 6 and tok["skipped"] == {"prompt longer than max_length": 1}
     assert tok["skipped_ids"]["prompt longer than max_length"] == ["huge"]
+    # per language in run_info.json: the one skip is English's ("huge"), the records add up
+    per = info["data"]["train"]["per_language"]
+    assert per["en"]["skipped"] == 1 and sum(v["skipped"] for v in per.values()) == 1
+    assert sum(v["records"] for v in per.values()) == 7 and sum(v["kept"] for v in per.values()) == 6
     # With prompt truncation that still fills max_length, the response is emptied: also counted.
     settings = base_settings(tiny_ckpt, data, tmp_path / "empty", max_length=48, max_prompt_length=48, max_steps=1)
     assert main(_cli_args(settings)) == 0
