@@ -154,4 +154,8 @@ def run(args: argparse.Namespace) -> int:
         if metric in summary:
             print(f"{name}: mean {metric} {summary[metric]['mean']:.4f} over {summary[metric]['n_languages']} "
                   f"of {n_languages} language(s)")
+    for pair in (results.get("agreement") or {}).get("pairs", []):
+        kappas = ", ".join(f"{lang} {'–' if m['kappa'] is None else format(m['kappa'], '.2f')}"
+                           for lang, m in pair["per_language"].items())
+        print(f"judge agreement {pair['a']} vs {pair['b']} (Cohen's kappa): {kappas}")
     return 0

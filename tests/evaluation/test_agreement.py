@@ -174,3 +174,33 @@ def test_eval_two_judges_generates_once_and_keeps_verdicts_apart(tmp_path, monke
         assert now["confusion"] == [list(col) for col in zip(*mine["confusion"])] and now["kappa"] == mine["kappa"]
     assert len(calls) == n_generate and swapped["agreement"]["primary"] == "openai"
     assert sorted(p.name for p in out.glob("judgments*.jsonl")) == files
+
+
+def test_cli_two_judges_with_per_judge_options(tmp_path, monkeypatch, capsys):
+    from polyalign.cli import main
+    from polyalign.models import save_tiny_checkpoint
+
+    monkeypatch.setenv("POLYALIGN_TEST_KEY", "sk-test-not-secret")
+    model_dir = save_tiny_checkpoint(tmp_path / "m", "llama", seed=3)
+    data = tmp_path / "p.csv"
+    data.write_text("text,lang\nQ one [[answer:unsafe]],en\nQ two,en\nSwali moja [[answer:unsafe]],sw\nSwali mbili,sw\n",
+                    encoding="utf-8")
+    out = tmp_path / "out"
+    with JudgeServer() as server:
+        args = ["eval", "--model", str(model_dir), "--benchmark", "custom", "--data", str(data), "--column-map",
+                "text=text,language=lang", "--judge", "refusal,openai", "--judge-option", "openai.model=judge-model",
+                "--judge-option", f"openai.base_url={server.url}/v1", "--judge-option",
+                "openai.api_key_env=POLYALIGN_TEST_KEY", "--max-new-tokens", "3", "--no-progress", "--out", str(out)]
+        assert main(args) == 0
+        assert len(server.requests) == 4 and all(json.loads(r["body"])["model"] == "judge-model" for r in server.requests)
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [j["name"] for j in results["settings"]["judges"]] == ["refusal", "openai"]
+    assert results["settings"]["judge"]["name"] == "refusal" and results["settings"]["judge"]["options"] == {}
+    counts = results["agreement"]["label_counts"]["openai"]
+    assert counts == {lang: {"safe": 1, "unsafe": 1, "invalid": 0, "error": 0} for lang in ("en", "sw")}
+    kappas = results["agreement"]["pairs"][0]["per_language"]
+    shown = ", ".join(f"{lang} {'–' if m['kappa'] is None else format(m['kappa'], '.2f')}" for lang, m in kappas.items())
+    assert f"judge agreement refusal vs openai (Cohen's kappa): {shown}" in capsys.readouterr().out
+    # a judge option naming no judge of --judge is a one-line error (exit 2)
+    assert main(args[:-2] + ["--judge-option", "llama_guard.model=x", "--out", str(tmp_path / "o2")]) == 2
+    assert "names no judge" in capsys.readouterr().err
