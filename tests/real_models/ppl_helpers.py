@@ -42,13 +42,12 @@ def random_model(model):
 
 
 def shuffled_model(model):
-    """Every weight matrix's entries permuted (seeded): right values, wrong places."""
+    """Every weight's rows permuted (seeded): right values, wrong places (e.g. a mixed-up vocabulary)."""
     broken = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in broken.parameters():
-            flat = param.data.view(-1)
-            flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
+            param.copy_(param[torch.randperm(param.shape[0], generator=generator)])
     return broken.eval()
 
 
