@@ -125,9 +125,9 @@ def test_known_name_not_fetched_is_one_line_exit_2(tmp_path, monkeypatch, capsys
 
 
 def test_allow_download_flag_sets_the_opt_in(monkeypatch, capsys):
-    monkeypatch.delenv("POLYALIGN_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("POLYALIGN_ALLOW_DOWNLOAD", "0")  # recorded: removed again after the test
     assert main(["models", "list"]) == 0
-    assert "POLYALIGN_ALLOW_DOWNLOAD" not in os.environ
+    assert os.environ["POLYALIGN_ALLOW_DOWNLOAD"] == "0"
     assert main(["--allow-download", "models", "list"]) == 0
     assert os.environ["POLYALIGN_ALLOW_DOWNLOAD"] == "1"
     capsys.readouterr()
