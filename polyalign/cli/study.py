@@ -27,7 +27,12 @@ def _study(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("polyalign").setLevel(logging.INFO)
     out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
-    if not args.publish_only:
+    if args.table_only:
+        from polyalign.study.runner import write_table
+
+        write_table(load_recipe(args.recipe, quick=args.quick), out)
+        print(out / "study.md")
+    elif not args.publish_only:
         recipe = load_recipe(args.recipe, quick=args.quick)
         run_study(recipe, out)
         print(out / "study.md")
@@ -45,5 +50,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", help="output folder (default: runs/study or runs/study-quick); rerun to resume")
     parser.add_argument("--publish", action="store_true",
                         help="after the run: store its summary in results/study/ and rewrite the README block")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rebuild study.md/study.json from the stages finished so far (a partial study), run nothing")
     parser.add_argument("--publish-only", action="store_true", help="publish --out's finished study without running")
     parser.set_defaults(func=_study)

@@ -64,7 +64,12 @@ def render_readme_block(summary: dict[str, Any]) -> str:
                      f"languages), layer mean {col['rank1_share_layer_mean']:.3f}.")
     load = cost["load_average_1min"]
     git = summary.get("git") or {}
-    lines += ["", f"Cost: {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
+    missing = cost.get("stages_missing") or []
+    if missing:
+        lines += ["", f"**Partial study: {len(missing)} stage(s) not finished** ({', '.join(missing)}); the table "
+                  "shows the finished ones only."]
+    what = "sum of the finished stages" if cost.get("from_stage_records") else "the whole command"
+    lines += ["", f"Cost ({what}): {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
               f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads, 1-minute load {load['start']} at the "
               f"start and {load['end']} at the end ({'quick' if summary['recipe']['quick'] else 'full'} recipe "
               f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}{' + local changes' if git.get('dirty') else ''}"

@@ -113,12 +113,54 @@ def run_study(recipe: StudyRecipe, out_dir: str | Path, *, log: Callable[[str], 
 
     cost = {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu_seconds() - cpu0, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1), "load_average_1min": {"start": load0, "end": load_average()},
-            "threads": recipe["threads"], "stages_run": stages.ran, "stages_skipped": stages.skipped}
+            "threads": recipe["threads"], "stages_run": stages.ran, "stages_skipped": stages.skipped,
+            "stages_missing": [name for name in expected_stages(recipe) if name not in stages.records()]}
     summary = table.build_summary(recipe, out, data_info, stages.records(), cost)
     table.write_outputs(summary, out)
     say(f"study: wall {cost['wall_s']:.0f} s, CPU {cost['cpu_s']:.0f} s, peak memory {cost['peak_rss_mib']:.0f} MiB, "
         f"load {load0} -> {cost['load_average_1min']['end']} ({len(stages.ran)} stage(s) run, "
         f"{len(stages.skipped)} reused); table: {out / 'study.md'}")
+    return summary
+
+
+def expected_stages(recipe: StudyRecipe) -> list[str]:
+    """Every stage the recipe runs, in order."""
+    methods = recipe["methods"]
+    names = ["data"] + (["eval-base"] if "base" in methods else [])
+    for seed in recipe["seeds"]:
+        for method in (m for m in TRAINED if m in methods):
+            names += [f"train-{method}-s{seed}", f"eval-{method}-s{seed}"]
+    if recipe.get("analysis_model") and recipe.get("analysis"):
+        names.append("probes")
+    return names
+
+
+def write_table(recipe: StudyRecipe, out_dir: str | Path) -> dict[str, Any]:
+    """Rebuild ``study.json`` / ``study.md`` from the stages finished so far, running nothing.
+
+    For a study still running or stopped early: the cost is the sum of the finished stages'
+    wall and CPU seconds (their largest peak memory), and the summary lists the stages missing.
+    """
+    from polyalign.errors import UserError
+    from polyalign.study import table
+
+    out = Path(out_dir)
+    stages = StageRunner(out, log=lambda message: None)
+    records = stages.records()
+    data = stages.done("data", recipe.digest("data") + recipe.digest("eval"))
+    if data is None:
+        raise UserError("no finished data stage for this recipe: nothing to tabulate", file=out / "stages" / "data.json")
+    done = [name for name in expected_stages(recipe) if name in records]
+    cost = {"wall_s": round(sum(r["wall_s"] or 0 for r in records.values()), 1),
+            "cpu_s": round(sum(r["cpu_s"] or 0 for r in records.values()), 1),
+            "peak_rss_mib": max(r["peak_rss_mib"] or 0 for r in records.values()),
+            "load_average_1min": {"start": records["data"]["load_after"], "end": max(
+                records.values(), key=lambda r: r["finished"] or "")["load_after"]},
+            "threads": recipe["threads"], "stages_run": done, "stages_skipped": [],
+            "stages_missing": [name for name in expected_stages(recipe) if name not in records],
+            "from_stage_records": True}
+    summary = table.build_summary(recipe, out, data["result"], records, cost)
+    table.write_outputs(summary, out)
     return summary
 
 

@@ -185,7 +185,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     cost = summary["cost"]
     parts += ["## Cost", "", f"Wall {cost['wall_s']:.0f} s, CPU {cost['cpu_s']:.0f} s, peak memory "
               f"{cost['peak_rss_mib']:.0f} MiB, load {cost['load_average_1min']}, {cost['threads']} thread(s); "
-              f"stages run now: {len(cost['stages_run'])}, reused: {len(cost['stages_skipped'])}.", "",
+              f"stages run now: {len(cost['stages_run'])}, reused: {len(cost['stages_skipped'])}, not finished: "
+              f"{cost.get('stages_missing') or 'none'}.", "",
               "## Example outputs", "", CONTENT_WARNING, ""]
     for method, per_lang in summary["examples"].items():
         for lang, rows in per_lang.items():

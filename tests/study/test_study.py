@@ -152,6 +152,14 @@ def test_resume_after_sigkill_redoes_nothing_finished(study, tmp_path):
     proc.wait()
     done = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
     assert "train-dpo_en-s0.json" in done and "probes.json" not in done and not (out / "study.json").exists()
+    # The stopped study tabulates what it finished, and says what is missing.
+    assert main(["study", "--recipe", str(inputs["recipe"]), "--out", str(out), "--table-only"]) == 0
+    partial = _json(out / "study.json")
+    finished = {n[:-5] for n in done}
+    assert "base" in partial["methods"] and set(partial["cost"]["stages_run"]) == finished
+    assert set(partial["cost"]["stages_missing"]) == {f"train-{r}" for r in RUNS[1:]} | {f"eval-{r}" for r in RUNS} | {
+        "probes", "data"} - finished
+    assert partial["cost"]["cpu_s"] == pytest.approx(sum(_json(out / "stages" / n)["cpu_s"] for n in done), abs=0.2)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     for name, mtime in done.items():  # finished stages were not run again
