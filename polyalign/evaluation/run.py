@@ -37,7 +37,6 @@ from polyalign.evaluation.consistency import consistency_section
 from polyalign.evaluation.fingerprints import adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
-from polyalign.evaluation.stages import JUDGMENTS as JUDGMENTS_NAME
 from polyalign.evaluation.stages import build_judge, generate_and_judge, generation_settings, load_model, log
 from polyalign.evaluation.metrics import error_share_violation, summarize
 from polyalign.evaluation.store import new_run_id
@@ -199,7 +198,7 @@ def evaluate(
                 agreement = agreement_section(done["generations"], [(judge_name, done["judgments"])] + [
                     (o["name"], o["judgments"]) for o in done["other_judges"]])
                 if agreement:
-                    agreement["files"] = [JUDGMENTS_NAME] + [o["file"] for o in done["other_judges"]]
+                    agreement["files"] = [done["judgments_file"]] + [o["file"] for o in done["other_judges"]]
                     agreement["run"] = {o["name"]: o["stats"] for o in done["other_judges"]}
         if "utility" in suite_names:
             utility = _run_utility(model, tok, model_fp, benign, out=out, run_id=run_id, utility_tasks=utility_tasks,

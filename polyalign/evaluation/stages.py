@@ -187,7 +187,7 @@ def generate_and_judge(
         gen_torn = gen_store.recovered_torn_lines
     log(f"generated {gen_stats['generated']} new, reused {gen_stats['reused']} from the store (run {run_id})")
 
-    judgments, judge_stats, judge_torn, others = {}, {}, 0, []
+    judgments, judge_stats, judge_torn, others, judgments_file = {}, {}, 0, [], JUDGMENTS
     for position, judge in enumerate([worker, *extra_workers]):
         # The judge's own settings() (never secrets) identify its verdicts.
         judge_settings = {"generations": gen_fp, "kind": kind, "judge": judge.settings(), "keyed_by": "response_sha256"}
@@ -206,10 +206,11 @@ def generate_and_judge(
             log(f"judge {judge.name}: {stats['judge_errors']} item(s) could not be judged (counted as n_error / error; "
                 "rerun to retry)")
         if position == 0:
-            judgments, judge_stats = verdicts, stats
+            judgments, judge_stats, judgments_file = verdicts, stats, path.name
         else:
             others.append({"name": judge.name, "judgments": verdicts, "file": path.name, "stats": stats})
-    return {"generations": generations, "judgments": judgments, "fingerprint": gen_fp, "other_judges": others,
+    return {"generations": generations, "judgments": judgments, "judgments_file": judgments_file,
+            "fingerprint": gen_fp, "other_judges": others,
             # rendered prompt tokens (chat template included) per prompt, for the per-language length check
             "prompt_lengths": [(t.prompt.language, len(t.input_ids)) for t in tasks if t.sample == 0],
             "stats": {**gen_stats, **judge_stats, "recovered_torn_lines": gen_torn + judge_torn}}

@@ -173,6 +173,7 @@ def test_eval_two_judges_generates_once_and_keeps_verdicts_apart(tmp_path, monke
         mine, now = agreement["pairs"][0]["per_language"][lang], saved["agreement"]["pairs"][0]["per_language"][lang]
         assert now["confusion"] == [list(col) for col in zip(*mine["confusion"])] and now["kappa"] == mine["kappa"]
     assert len(calls) == n_generate and swapped["agreement"]["primary"] == "openai"
+    assert swapped["agreement"]["files"] == [other, JUDGMENTS]  # each judge kept its own store
     assert sorted(p.name for p in out.glob("judgments*.jsonl")) == files
 
 
