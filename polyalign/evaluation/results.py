@@ -169,6 +169,25 @@ def _consistency_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fertility_lines(per_language: dict[str, dict[str, Any]]) -> list[str]:
+    """The tokenizer's fertility on the prompts and prompt lengths (:mod:`polyalign.data.fertility`)."""
+    rows = {lang: m for lang, m in per_language.items() if "tokens_per_char" in m}
+    if not rows:
+        return []
+    lines = ["", "## Tokenizer fertility (benchmark prompts)", "",
+             "| language | tokens_per_char | tokens_per_word | relative_tokens (vs en) | prompt_tokens_mean | n_prompts_over_context |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for lang, m in rows.items():
+        per_word = _cell(m.get("tokens_per_word")) + ("" if m.get("words_meaningful", True) else " *")
+        lines.append(f"| {lang} ({language_name(lang)}) | {_cell(m['tokens_per_char'])} | {per_word} | "
+                     f"{_cell(m.get('relative_tokens'))} | {_cell(m.get('prompt_tokens_mean'))} | "
+                     f"{_cell(m.get('n_prompts_over_context'))} |")
+    if any(not m.get("words_meaningful", True) for m in rows.values()):
+        lines.append("")
+        lines.append("\\* written without spaces between words: tokens per whitespace word is not meaningful there.")
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The per-language table (headline columns) with mean / std / min / max rows.
 
@@ -193,6 +212,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += _utility_lines(results["utility"])
     if results.get("consistency"):
         lines += _consistency_lines(results["consistency"])
+    lines += _fertility_lines(per_language)
     if results.get("agreement"):
         from polyalign.evaluation.agreement import agreement_markdown
 
