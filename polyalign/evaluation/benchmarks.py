@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -217,23 +217,20 @@ def _variants_to_prompts(pairs: list[Any], benchmark: str) -> list[EvalPrompt]:
     return out
 
 
-# Rows read / used / skipped per language of the last read of each benchmark (by spec
-# name), for results.json (see :func:`row_counts`): every report shows a silent loss.
-_ROW_COUNTS: dict[str, dict[str, dict[str, int]]] = {}
+class BenchmarkRead(NamedTuple):
+    """What :func:`read_benchmark` read: every prompt, the reader's skip counts by reason, and
+    ``{language: {"read", "used", "skipped"}}`` (the data rows the reader went through, the
+    prompts it kept, the rows it skipped) for results.json: every report shows a silent loss."""
 
-
-def row_counts(benchmark: str) -> dict[str, dict[str, int]] | None:
-    """``{language: {"read", "used", "skipped"}}`` of the last :func:`read_benchmark` of
-    ``benchmark`` in this process (None before any): the data rows the reader went through,
-    the prompts it kept and the rows it skipped (counted by reason in its skip counts)."""
-    counts = _ROW_COUNTS.get(benchmark)
-    return {lang: dict(row) for lang, row in counts.items()} if counts is not None else None
+    prompts: list[EvalPrompt]
+    skipped: dict[str, int]
+    rows: dict[str, dict[str, int]]
 
 
 def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str] | None = None,
-                   language: str | None = None) -> tuple[list[EvalPrompt], dict[str, int]]:
-    """All prompts of a benchmark's data (no filtering) and the reader's skip counts by
-    reason; the rows read / used / skipped per language are kept for :func:`row_counts`."""
+                   language: str | None = None) -> BenchmarkRead:
+    """All prompts of a benchmark's data (no filtering), the reader's skip counts by reason
+    and the rows read / used / skipped per language (:class:`BenchmarkRead`)."""
     from polyalign.data.readers import read_records
 
     fmt, kw = _reader_kwargs(spec, path, column_map, language)
@@ -252,8 +249,7 @@ def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str
             row = rows.setdefault(p.language, {"read": 0, "used": 0, "skipped": 0})
             row["read"] += 1
             row["used" if p.text.strip() else "skipped"] += 1
-        _ROW_COUNTS[spec.name] = rows
-        return [p for p in prompts if p.text.strip()], ({"empty text": empty} if empty else {})
+        return BenchmarkRead([p for p in prompts if p.text.strip()], {"empty text": empty} if empty else {}, rows)
     result = read_records(path, fmt, **kw)
     skipped = {str(k): int(v) for k, v in result.skipped.items()}
     if skipped:
@@ -264,10 +260,10 @@ def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str
     others = len(result.records) - len(prompts) - len(pairs)
     if others:
         raise UserError(f"benchmark {spec.name!r}: this {result.format} data holds records that are not prompts", file=path)
-    _ROW_COUNTS[spec.name] = result.tally.to_dict()
+    rows = result.tally.to_dict()
     prompts += _variants_to_prompts(pairs, spec.name)
     prompts = [p if p.benchmark == spec.name else dataclasses.replace(p, benchmark=spec.name) for p in prompts]
-    return prompts, skipped
+    return BenchmarkRead(prompts, skipped, rows)
 
 
 def load_benchmark(
@@ -293,7 +289,7 @@ def load_benchmark(
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number, got {limit}", field="limit")
     path = resolve_data_path(spec, data)
-    prompts, _ = read_benchmark(spec, path, column_map=column_map, language=language)
+    prompts = read_benchmark(spec, path, column_map=column_map, language=language).prompts
     return select_prompts(spec, path, prompts, languages=languages, categories=categories, limit=limit, seed=seed)
 
 

@@ -17,7 +17,6 @@ from typing import Any
 from polyalign.data.languages import language_name
 from polyalign.data.records import EvalPrompt
 from polyalign.evaluation import metrics as M
-from polyalign.evaluation.benchmarks import row_counts
 from polyalign.evaluation.textstats import distinct_metrics, language_fidelity
 
 SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
@@ -42,8 +41,12 @@ def compute_metrics(
     scorer_model: str | Path | None = None,
     device: Any = None,
     trust_remote_code: bool = False,
+    row_counts: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """``{"per_language": {lang: {metric: value}}, "summary": {metric: {mean, std, min, max, n_languages}}}``."""
+    """``{"per_language": {lang: {metric: value}}, "summary": {metric: {mean, std, min, max, n_languages}}}``.
+
+    ``row_counts`` (:attr:`BenchmarkRead.rows`) adds the benchmark file's ``rows_read`` /
+    ``rows_used`` / ``rows_skipped`` to each language."""
     order = list(dict.fromkeys(p.language for p in prompts))
     by_lang: dict[str, list[dict[str, Any]]] = {lang: [] for lang in order}
     for g in generations:
@@ -67,7 +70,7 @@ def compute_metrics(
         safety = M.safety_metrics_by_language(rows, with_refusal=True)
         for lang in order:
             per_language[lang] = dict(safety.get(lang, {}))
-    rows = row_counts(prompts[0].benchmark) if prompts else None
+    rows = row_counts
     for lang in order:
         gens = by_lang[lang]
         if rows is not None and lang in rows:

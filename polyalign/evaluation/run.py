@@ -132,7 +132,8 @@ def evaluate(
             raise UserError("the safety suite needs a benchmark", field="benchmark")
         spec = get_benchmark(benchmark)
         data_path = resolve_data_path(spec, data)
-        all_prompts, skipped_rows = read_benchmark(spec, data_path, column_map=column_map, language=language)
+        benchmark_read = read_benchmark(spec, data_path, column_map=column_map, language=language)
+        all_prompts, skipped_rows = benchmark_read.prompts, benchmark_read.skipped
         prompts = select_prompts(spec, data_path, all_prompts, languages=list(languages) if languages else None,
                                  categories=list(categories) if categories else None, limit=limit, seed=seed)
         settings = generation_settings(spec, seed, **overrides)
@@ -190,7 +191,7 @@ def evaluate(
             run_stats.update(done["stats"])
             # --trust-remote-code is for the evaluated model only, never for the scorer model.
             metrics = compute_metrics(spec.kind, prompts, done["generations"], done["judgments"], scorer_model=scorer_model,
-                                      device=device, trust_remote_code=False)
+                                      device=device, trust_remote_code=False, row_counts=benchmark_read.rows)
             per_language = metrics["per_language"]
             _add_prompt_lengths(per_language, done["prompt_lengths"], model, settings, tok, prompts)
             if spec.kind == "safety":  # parallel benchmarks only (else None); from the stored verdicts

@@ -117,7 +117,7 @@ def benign_prompts(spec: BenchmarkSpec, path: Path, *, languages: Sequence[str] 
     the benign set has (the rest are listed, not an error), ``limit`` per language."""
     from polyalign.data.languages import canonical_language
 
-    all_prompts, skipped = read_benchmark(spec, path)
+    all_prompts, skipped, _ = read_benchmark(spec, path)
     present = {p.language for p in all_prompts}
     missing: list[str] = []
     keep = None

@@ -159,13 +159,13 @@ def test_eval_results_record_rows_per_language(tmp_path):
 
     write_xsafety(tmp_path / "xsafety")
     spec = get_benchmark("xsafety")
-    prompts, skipped = read_benchmark(spec, tmp_path / "xsafety")
+    prompts, skipped, rows = read_benchmark(spec, tmp_path / "xsafety")
     assert skipped == {"empty text": 1, "alternative file": 3}
     chosen = select_prompts(spec, tmp_path / "xsafety", prompts, limit=2)
     gens = [{"id": p.id, "sample": 0, "language": p.language, "text": p.text, "n_tokens": 5, "finish_reason": "stop"}
             for p in chosen]
     judgments = {(p.id, 0): {"label": "safe", "refusal": False} for p in chosen}
-    metrics = compute_metrics("safety", chosen, gens, judgments)["per_language"]
+    metrics = compute_metrics("safety", chosen, gens, judgments, row_counts=rows)["per_language"]
     assert {k: metrics["de"][k] for k in ("rows_read", "rows_used", "rows_skipped")} == \
         {"rows_read": 12, "rows_used": 8, "rows_skipped": 4}
     assert {k: metrics["en"][k] for k in ("rows_read", "rows_used", "rows_skipped")} == \

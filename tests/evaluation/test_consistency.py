@@ -142,7 +142,7 @@ def test_eval_writes_consistency_from_its_stored_judgments(tmp_path):
     sid = {f"Question {i} in {lang}": f"q{i}" for i in range(4) for lang in ("en", "de", "sw")}
     from polyalign.evaluation.benchmarks import get_benchmark, read_benchmark
 
-    read, _ = read_benchmark(get_benchmark("custom"), data, column_map={"text": "text", "language": "lang",
+    read, _, _ = read_benchmark(get_benchmark("custom"), data, column_map={"text": "text", "language": "lang",
                                                                         "source_id": "sid"})
     assert all(sid[p.text] == p.source_id for p in read)
     again, _, flips = consistency(read, gens, judged)

@@ -76,6 +76,8 @@ def test_cli_end_to_end_multijail(shared_data, tiny_model_dir, tmp_path):
         safe, unsafe = labels.count("safe"), labels.count("unsafe")
         m = per_language[lang]
         assert m["n_total"] == 4 and m["n_generations"] == 4
+        # The benchmark file's own rows, through the CLI: 315 MultiJail rows per language, none skipped.
+        assert (m["rows_read"], m["rows_used"], m["rows_skipped"]) == (315, 315, 0)
         assert m["unsafe_rate"] == (unsafe / (safe + unsafe) if safe + unsafe else None)
         assert "language_fidelity" in m
     rates = [per_language[lang]["unsafe_rate"] for lang in LANGS if per_language[lang]["unsafe_rate"] is not None]
