@@ -279,6 +279,18 @@ def resolve_model_source(path_or_id: str | Path) -> str:
     return where
 
 
+NOT_LOCAL = ("no such model folder, known model name (polyalign models list) or locally cached hub id; "
+             "nothing is downloaded unless you pass polyalign --allow-download")
+
+
+def pretrained_source(path_or_id: str | Path, *, allow_download: bool | None = None) -> tuple[str, bool]:
+    """``(where, local_files_only)`` for any ``from_pretrained`` call (classifiers, translators,
+    encoders, QLoRA bases): the same resolution and no-download rule as
+    :func:`load_model_and_tokenizer`, so a mistyped folder is an error, never a download."""
+    where = resolve_model_source(path_or_id)
+    return where, Path(where).is_dir() or not _download_allowed(allow_download)
+
+
 def load_model_and_tokenizer(
     path_or_id: str | Path,
     *,
@@ -299,9 +311,8 @@ def load_model_and_tokenizer(
     A missing folder, a folder without safetensors weights, or an id that is not cached
     locally raises :class:`~polyalign.errors.UserError`.
     """
-    where = resolve_model_source(path_or_id)
+    where, local_only = pretrained_source(path_or_id, allow_download=allow_download)
     is_folder = Path(where).is_dir()
-    local_only = is_folder or not _download_allowed(allow_download)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
                                                   local_files_only=local_only)
@@ -311,8 +322,7 @@ def load_model_and_tokenizer(
         )
     except (OSError, ValueError) as exc:
         if not is_folder and local_only:
-            raise UserError("no such model folder, known model name (polyalign models list) or locally cached hub "
-                            "id; nothing is downloaded unless you pass polyalign --allow-download", file=where) from None
+            raise UserError(NOT_LOCAL, file=where) from None
         raise UserError(f"cannot load model: {str(exc).splitlines()[0]}", file=where) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -131,3 +131,44 @@ def test_allow_download_flag_sets_the_opt_in(monkeypatch, capsys):
     assert main(["--allow-download", "models", "list"]) == 0
     assert os.environ["POLYALIGN_ALLOW_DOWNLOAD"] == "1"
     capsys.readouterr()
+
+
+_OTHER_LOADERS = """
+import sys
+from polyalign.errors import UserError
+from polyalign.evaluation.judges.classifier import _load
+from polyalign.data.build.translate import HFSeq2SeqTranslator
+for name, call in (("classifier", lambda: _load("runs/tox", None)),
+                   ("translator", lambda: HFSeq2SeqTranslator("runs/mt")._load("runs/mt")),
+                   ("pretrained_source", lambda: __import__("polyalign.models", fromlist=["x"]).pretrained_source("runs/final"))):
+    try:
+        result = call()
+    except UserError as exc:
+        print(name, "UserError", exc)
+    else:
+        print(name, "returned", result)
+"""
+
+
+def test_other_loaders_never_download_a_mistyped_folder(tmp_path, hub):
+    """The toxicity classifier and translation-model loaders follow the same rule as the model
+    loader: a hub-id-shaped missing folder asks the hub for nothing unless opted in."""
+    endpoint, requests = hub
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                                          "POLYALIGN_ALLOW_DOWNLOAD")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), POLYALIGN_CACHE_DIR=str(tmp_path / "cache"),
+               HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5")
+    script = _OTHER_LOADERS
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("classifier UserError runs/tox: classifier: no such model folder"), lines
+    assert "nothing is downloaded unless" in lines[0] and "nothing is downloaded unless" in lines[1], lines
+    assert lines[1].startswith("translator UserError runs/mt: field 'translator.model'"), lines
+    assert lines[2] == "pretrained_source returned ('runs/final', True)", lines
+    assert [r for r in requests if not r.startswith("GET /api/agent-harnesses")] == []
+    # The opt-in lets the same loaders reach the hub (the counter sees the classifier ask).
+    env["POLYALIGN_ALLOW_DOWNLOAD"] = "1"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any("runs/tox" in r for r in requests) and any("runs/mt" in r for r in requests), requests

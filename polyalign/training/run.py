@@ -84,9 +84,12 @@ def _load_4bit(config: PolyalignConfig) -> tuple[Any, Any]:
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, quantization_config=quant,
-                                                 trust_remote_code=False, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=False)
+    from polyalign.models import pretrained_source
+
+    where, local_only = pretrained_source(config.model_name_or_path)  # never a download unless opted in
+    model = AutoModelForCausalLM.from_pretrained(where, quantization_config=quant, trust_remote_code=False,
+                                                 use_safetensors=True, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

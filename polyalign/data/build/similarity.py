@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from polyalign.errors import UserError
+
 
 class EmbeddingSimilarity:
     """Cosine similarity of pooled embeddings from a local encoder folder."""
@@ -30,10 +32,13 @@ class EmbeddingSimilarity:
         self.batch_size = batch_size
         self.max_length = max_length
         self.pooling = _pooling_mode(self.folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), trust_remote_code=False)
+        if not self.folder.is_dir():  # a folder only: never read as a hub id (no download)
+            raise UserError("no such sentence-encoder folder", file=str(self.folder))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), trust_remote_code=False, local_files_only=True)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(str(self.folder), use_safetensors=True, trust_remote_code=False).eval()
+        self.model = AutoModel.from_pretrained(str(self.folder), use_safetensors=True, trust_remote_code=False,
+                                               local_files_only=True).eval()
 
     def embed(self, texts: list[str]) -> Any:
         """``[N, H]`` float32 pooled embeddings."""

@@ -191,16 +191,20 @@ class HFSeq2SeqTranslator(Translator):
             return self._loaded[path]
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from polyalign.models import _resolve_dtype
+        from polyalign.models import NOT_LOCAL, _resolve_dtype, pretrained_source
 
-        local = Path(path)
-        if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-            raise UserError("no such translation model folder", file=path, field="translator.model")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=_resolve_dtype(self.dtype), use_safetensors=True,
-                                                          trust_remote_code=False)
+            where, local_only = pretrained_source(path)  # a mistyped folder is an error, never a download
+        except UserError as exc:
+            message = "no such translation model folder" if exc.message == "no such model folder" else exc.message
+            raise UserError(message, file=path, field="translator.model") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
+            model = AutoModelForSeq2SeqLM.from_pretrained(where, dtype=_resolve_dtype(self.dtype), use_safetensors=True,
+                                                          trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as exc:
+            if local_only and not Path(where).is_dir():
+                raise UserError(f"translation model: {NOT_LOCAL}", file=path, field="translator.model") from None
             raise UserError(f"cannot load translation model: {str(exc).splitlines()[0]}", file=path,
                             field="translator.model") from None
         if self.device is not None:

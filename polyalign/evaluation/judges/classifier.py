@@ -30,11 +30,16 @@ from polyalign.evaluation.judges.base import ToxicityScore, ToxicityScorer, chec
 
 
 def _load(path: str | Path, dtype: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from polyalign.models import NOT_LOCAL, pretrained_source
+
+    where, local_only = pretrained_source(path)  # a mistyped folder is an error, never a download
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype)
+            where, use_safetensors=True, trust_remote_code=False, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
+        if local_only and not Path(where).is_dir():
+            raise UserError(f"classifier: {NOT_LOCAL}", file=str(path)) from None
         raise UserError(f"cannot load classifier: {str(exc).splitlines()[0]}", file=str(path)) from None
     return model, tokenizer
 
