@@ -54,10 +54,12 @@ def render_readme_block(summary: dict[str, Any]) -> str:
         t = probes["transfer"]
         rho = "n/a" if t["spearman"] is None else f"{t['spearman']:.2f}"
         shared = set(t["languages"])
+        drops = probes["transfer_values"]
         lines.append(f"- Retrieval ({probes['model'].rsplit('/', 1)[-1]}, layer mean of the aligned cosine) vs English "
                      f"DPO's transfer (unsafe-rate drop from base) over the {t['n']} languages both cover: retrieval "
-                     f"ranks them {' > '.join(x for x in t['retrieval_rank'] if x in shared)}, transfer "
-                     f"{' > '.join(x for x in t['transfer_rank'] if x in shared)}; Spearman {rho}.")
+                     f"ranks them {' > '.join(x for x in t['retrieval_rank'] if x in shared)}; transfer "
+                     f"{', '.join(f'{x} {drops[x]:+.2f}' for x in t['transfer_rank'] if x in shared)}; Spearman {rho}"
+                     + (" (undefined: the same transfer in every language)." if t["spearman"] is None else "."))
     if probes:
         col = probes["collinearity"]
         lines.append(f"- Collinearity (rank-1 share, {col['n_prompts']} MultiJail items x {len(col['languages'])} "

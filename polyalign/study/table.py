@@ -112,6 +112,7 @@ def _probes(out: Path, methods: dict[str, Any]) -> dict[str, Any] | None:
                     for lang in base if lang in dpo and lang != "en"
                     and base[lang]["unsafe_rate"]["mean"] is not None and dpo[lang]["unsafe_rate"]["mean"] is not None}
         probes["transfer"] = transfer_comparison(probes["retrieval"]["averages"], transfer)
+        probes["transfer_values"] = transfer
     return probes
 
 

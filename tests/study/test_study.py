@@ -157,8 +157,8 @@ def test_resume_after_sigkill_redoes_nothing_finished(study, tmp_path):
     partial = _json(out / "study.json")
     finished = {n[:-5] for n in done}
     assert "base" in partial["methods"] and set(partial["cost"]["stages_run"]) == finished
-    assert set(partial["cost"]["stages_missing"]) == {f"train-{r}" for r in RUNS[1:]} | {f"eval-{r}" for r in RUNS} | {
-        "probes", "data"} - finished
+    every = {f"train-{r}" for r in RUNS[1:]} | {f"eval-{r}" for r in RUNS} | {"probes", "data"}
+    assert set(partial["cost"]["stages_missing"]) == every - finished
     assert partial["cost"]["cpu_s"] == pytest.approx(sum(_json(out / "stages" / n)["cpu_s"] for n in done), abs=0.2)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
