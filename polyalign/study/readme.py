@@ -27,7 +27,10 @@ README = REPO_ROOT / "README.md"
 
 def published(summary: dict[str, Any]) -> dict[str, Any]:
     """The study summary without example texts (harmful content stays in the run's study.md)."""
-    return {k: v for k, v in summary.items() if k != "examples"}
+    out = {k: v for k, v in summary.items() if k != "examples"}
+    if out.get("probes"):  # the analysis model's name, not this machine's cache path
+        out["probes"] = {**out["probes"], "model": Path(str(out["probes"]["model"])).name}
+    return out
 
 
 def render_readme_block(summary: dict[str, Any]) -> str:
