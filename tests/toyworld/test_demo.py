@@ -11,6 +11,15 @@ import pytest
 from polyalign.cli import main
 from polyalign.errors import UserError
 from polyalign.toyworld.demo import aggregate_runs, mean_sd, results_table, run_demo
+from polyalign.toyworld.readme_tables import (
+    QUICK_FILE,
+    REGENERATE,
+    REGENERATE_QUICK,
+    SUMMARY_FILE,
+    differences,
+    reproduction_record,
+    table_inputs,
+)
 
 METHOD_DIRS = ("base", "dpo", "mpo", "dpo_mlc")
 
@@ -79,12 +88,41 @@ def test_reward_gap_reference_is_the_base_models_gap(quick_run):
 
 def test_rerun_reuses_the_base_model_and_reproduces_every_number(quick_run, tmp_path):
     out, cache = quick_run
-    # The first run was in-process (--jobs 1); this one runs the seed in a spawned worker.
-    summary = run_demo(tmp_path / "again", quick=True, seeds=[0], cache_dir=cache, jobs=1, progress=False,
-                       spawn=True)
+    # The first run went through the CLI; this one through the function, reusing the cached base model.
+    summary = run_demo(tmp_path / "again", quick=True, seeds=[0], cache_dir=cache, jobs=1, progress=False)
     assert summary["per_seed"]["0"]["base_cached"] is True
     for run in METHOD_DIRS:
         assert _per_language(tmp_path / "again" / run) == _per_language(out / run), run
+    first = json.loads((out / "summary.json").read_text())
+    assert summary["per_seed"]["0"]["model_sha256"] == first["per_seed"]["0"]["model_sha256"]
+
+
+def _skip_without_the_records_kernels(found: dict, expected: dict) -> None:
+    if found["numerics"]["aten_cpu_capability"] != expected["numerics"]["aten_cpu_capability"]:
+        pytest.skip(f"this CPU runs ATen's {found['numerics']['aten_cpu_capability']} kernels, the record "
+                    f"{expected['numerics']['aten_cpu_capability']}: a CPU without AVX2 computes other bits")
+
+
+def test_quick_demo_reproduces_the_committed_record_bit_for_bit(quick_run):
+    """results/demo/quick_expected.json was written from a quick run of the code: any change
+    that moves a weight, a metric or a reward gap of the demo fails here."""
+    out, _ = quick_run
+    expected, found = json.loads(QUICK_FILE.read_text()), reproduction_record(out)
+    _skip_without_the_records_kernels(found, expected)
+    diff = differences({k: v for k, v in expected.items() if k != "git"}, {k: v for k, v in found.items() if k != "git"})
+    assert not diff, f"{len(diff)} differences, first: {diff[:5]}; if intended: {REGENERATE_QUICK}"
+
+
+def test_quick_demo_computes_what_the_readme_tables_commit_computed(quick_run):
+    """The README's table came from a full run at a commit where the quick demo gave these
+    weights and metrics (results/demo/summary.json, quick_reproduction): if today's code gives
+    others, it would no longer produce that table."""
+    out, _ = quick_run
+    expected = json.loads(SUMMARY_FILE.read_text())["quick_reproduction"]
+    found = table_inputs(reproduction_record(out))
+    _skip_without_the_records_kernels(found, expected)
+    diff = differences({k: v for k, v in expected.items() if k != "git"}, {k: v for k, v in found.items() if k != "git"})
+    assert not diff, f"{len(diff)} differences, first: {diff[:5]}; the README's demo table is stale: {REGENERATE}"
 
 
 def _write_results(folder: Path, per_language: dict) -> None:
