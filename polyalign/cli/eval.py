@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--language", help="language of a single-language custom file")
     p.add_argument("--attack", metavar="ATTACK",
                    help="evaluate attacked prompts instead: code-switch[:POLICY.yaml][key=value,...] (CSRT-style mixing "
-                   "of the benchmark's parallel languages) or jailbreak[:TEMPLATES.yaml]; written to OUT/attack_prompts.jsonl")
+                   "of the benchmark's parallel languages), jailbreak[:TEMPLATES.yaml] or translate:LANG[model=FOLDER,family=nllb|"
+                   "m2m100|marian,source=en] / translate:LANG[translator=FILE.yaml] (machine translation through the "
+                   "data-build translators and cache); written to OUT/attack_prompts.jsonl")
     p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's. Several safety "
                    "judges, comma-separated (refusal,openai), judge the same generations (generated once; each judge's "
                    "verdicts in its own file): the first gives the metrics, results.json 'agreement' compares them "

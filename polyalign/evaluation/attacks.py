@@ -18,6 +18,10 @@ policy is data (:class:`CodeSwitchPolicy`, ``attack_data/code_switch.yaml``):
   translation. Every query records it (``attack.alignment``) with each unit's language and
   source span, so the mix can be checked and reused.
 
+Translation (``translate:LANG[...]``, :mod:`polyalign.evaluation.attacks_translate`): the
+source-language prompts machine-translated into LANG by any ``data build`` translator,
+through the persistent translation cache.
+
 Jailbreak templates (``attack_data/jailbreak_templates.yaml``): every prompt wrapped in every
 template (``{prompt}`` placeholder), ids ``<id>-jb-<template>``.
 
@@ -243,9 +247,10 @@ def parse_attack(text: str) -> tuple[str, str | None, dict[str, Any]]:
     """``"code-switch:policy.yaml[share=0.3,unit=phrase]"`` -> ``(name, path, overrides)``."""
     match = _ATTACK.match(text.strip())
     name = match.group("name").replace("_", "-") if match else None
-    if match is None or name not in ("code-switch", "jailbreak"):
-        raise UserError(f"unknown attack {text!r}; use code-switch[:POLICY.yaml][key=value,...] or "
-                        "jailbreak[:TEMPLATES.yaml]", field="--attack")
+    if match is None or name not in ("code-switch", "jailbreak", "translate"):
+        raise UserError(f"unknown attack {text!r}; use code-switch[:POLICY.yaml][key=value,...], "
+                        "jailbreak[:TEMPLATES.yaml] or translate:LANG[model=FOLDER,family=...|translator=FILE.yaml]",
+                        field="--attack")
     overrides: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in (match.group("opts") or "").split(","))):
         key, sep, value = pair.partition("=")
@@ -272,6 +277,10 @@ def prepare_attack(attack: str, benchmark: str, *, out_dir: str | Path, data: st
 
     name, path, overrides = parse_attack(attack)
     spec = get_benchmark(benchmark)
+    if name == "translate" and not languages:  # only the source language is translated: load only it
+        from polyalign.evaluation.attacks_translate import translate_options
+
+        languages = [translate_options(path, overrides)[1]]
     prompts = load_benchmark(spec, data=data, languages=list(languages) if languages else None,
                              categories=list(categories) if categories else None, limit=limit, seed=seed,
                              column_map=column_map, language=language)
@@ -279,6 +288,11 @@ def prepare_attack(attack: str, benchmark: str, *, out_dir: str | Path, data: st
     if name == "code-switch":
         policy = load_policy(path, overrides)
         attacked, settings = code_switch(prompts, policy, benchmark=bench_name), policy.to_dict()
+    elif name == "translate":
+        from polyalign.evaluation.attacks_translate import translate_attack
+
+        attacked, extra = translate_attack(prompts, path, overrides, out_dir=out_dir, benchmark=bench_name)
+        settings = extra["settings"]
     else:
         templates = load_templates(path)
         attacked = wrap_templates(prompts, templates, benchmark=bench_name)

@@ -132,7 +132,7 @@ def test_policy_file_and_errors(tmp_path):
         "code-switch", "my.yaml", {"share": 0.3, "languages": ["de", "sw"]})
     assert parse_attack("jailbreak") == ("jailbreak", None, {})
     with pytest.raises(UserError, match="unknown attack"):
-        parse_attack("translate")
+        parse_attack("paraphrase")  # translate is an attack now (test_attacks_translate.py)
 
 
 def test_jailbreak_templates(tmp_path):
