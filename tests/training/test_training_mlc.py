@@ -276,7 +276,8 @@ def test_mlc_without_any_variants_is_a_user_error(tiny_ckpt, pairs_file, tmp_pat
     with pytest.raises(UserError, match="no languages for MLC") as err:
         run(tiny_ckpt, pairs_file, tmp_path / "run", max_examples=None, per_device_train_batch_size=8)
     assert str(err.value.file) == str(pairs_file)
-    # Variants in one language only: nothing to make consistent.
+    # Variants in one language only: nothing to make consistent. The failed start above left no
+    # claim on the folder, so this corrected rerun into the same output_dir is not "another run".
     with pytest.raises(UserError, match="no example has prompt variants in two"):
         run(tiny_ckpt, pairs_file, tmp_path / "run", max_examples=None, mlc_languages=["en", "fr"])
 
