@@ -211,6 +211,24 @@ def read_text_strict(path: str | Path, encoding: str = "utf-8") -> str:
         ) from None
 
 
+def read_json_file(path: str | Path) -> Any:
+    """A whole JSON file; an unreadable file or invalid JSON is a :class:`UserError` (with the line)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror}", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
+
+
+def replace_marked_block(text: str, block: str, begin: str, end: str, source: str | Path) -> str:
+    """``text`` with everything from the ``begin`` marker to the ``end`` marker replaced by ``block``
+    (generated README blocks); the markers must appear once each, in that order."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UserError(f"needs exactly one {begin!r} line followed by one {end!r} line", file=source)
+    return text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+
+
 JSON_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.errors import UserError
-from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.io import atomic_write_json, atomic_write_text, replace_marked_block
 from polyalign.provenance import REPO_ROOT
 from polyalign.study.table import BEGIN, END, LABELS, group_table, results_table
 
@@ -82,12 +82,6 @@ def render_readme_block(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str, source: Path) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise UserError(f"needs exactly one {BEGIN!r} line followed by one {END!r} line", file=source)
-    return text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-
-
 def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY_FILE) -> bool:
     """Store the study's summary and rewrite the README block; returns whether the README changed."""
     try:
@@ -96,7 +90,7 @@ def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY
         raise UserError(f"cannot read: {exc.strerror} (run the study first)", file=study_dir / "study.json") from None
     atomic_write_json(summary_file, published(summary))
     text = readme.read_text(encoding="utf-8")
-    new = replace_block(text, render_readme_block(published(summary)), readme)
+    new = replace_marked_block(text, render_readme_block(published(summary)), BEGIN, END, readme)
     if new != text:
         atomic_write_text(readme, new)
     return new != text

@@ -28,13 +28,12 @@ Commands (``python -m polyalign.toyworld.readme_tables``)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from polyalign.errors import UserError
-from polyalign.io import atomic_write_json, atomic_write_text
+from polyalign.io import atomic_write_json, atomic_write_text, read_json_file, replace_marked_block
 from polyalign.provenance import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "results" / "demo"
@@ -50,15 +49,6 @@ REGENERATE = ("at one clean commit run `make demo` and `polyalign demo --quick -
               "--quick-expected runs/demo-quick`")
 REGENERATE_QUICK = ("`polyalign demo --quick --out runs/demo-quick` then "
                     "`python -m polyalign.toyworld.readme_tables --quick-expected runs/demo-quick`")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", file=path) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
 
 
 def trimmed_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -111,9 +101,7 @@ def settings_sentence(summary: dict[str, Any]) -> str:
 
 def replace_block(text: str, block: str, source: Path = README) -> str:
     """``text`` with the lines from :data:`BEGIN` to :data:`END` replaced by ``block``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise UserError(f"needs exactly one {BEGIN!r} line followed by one {END!r} line", file=source)
-    return text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    return replace_marked_block(text, block, BEGIN, END, source)
 
 
 def readme_block(text: str, source: Path = README) -> str:
@@ -125,17 +113,17 @@ def readme_block(text: str, source: Path = README) -> str:
 def reproduction_record(run_dir: Path) -> dict[str, Any]:
     """Everything a demo run computed that must not drift, to the last bit: config, seeds,
     numerics, per seed the model weights' SHA-256, every per-language metric and reward gap."""
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json_file(run_dir / "summary.json")
     runs = list(summary["metrics"])
     per_seed: dict[str, Any] = {}
     for seed in summary["seeds"]:
         seed_dir = run_dir / "seeds" / f"seed-{seed}"
         per_seed[str(seed)] = {
             "model_sha256": summary["per_seed"][str(seed)]["model_sha256"],
-            "per_language": {run: _read_json(seed_dir / run / "results.json")["metrics"]["per_language"]
+            "per_language": {run: read_json_file(seed_dir / run / "results.json")["metrics"]["per_language"]
                              for run in runs},
             "reward_gap": {run: {lang: v["policy_gap"] for lang, v in
-                                 _read_json(seed_dir / run / "reward_gap.json")["per_language"].items()}
+                                 read_json_file(seed_dir / run / "reward_gap.json")["per_language"].items()}
                            for run in runs},
         }
     numerics = {k: v for k, v in summary["numerics"].items() if k not in ("cpu_model", "cpu_vendor", "cpu_avx512")}
@@ -176,7 +164,7 @@ def write_readme(summary: dict[str, Any], readme: Path = README) -> bool:
 def check(readme: Path = README, summary_file: Path = SUMMARY_FILE, quick_file: Path = QUICK_FILE) -> list[str]:
     """Problems (empty when none): the README block differs from what the committed summary
     renders, or the quick record comes from another commit than the summary."""
-    summary = _read_json(summary_file)
+    summary = read_json_file(summary_file)
     problems = []
     if readme_block(readme.read_text(encoding="utf-8"), readme) != render_demo_block(summary):
         problems.append(f"{readme}: the demo block differs from what {summary_file} renders")
@@ -184,7 +172,7 @@ def check(readme: Path = README, summary_file: Path = SUMMARY_FILE, quick_file: 
     if summary["git"].get("dirty") is not False or not quick or quick["git"] != summary["git"]:
         problems.append(f"{summary_file}: the full run ({summary['git']}) and its quick_reproduction "
                         f"({(quick or {}).get('git')}) must come from one clean commit")
-    expected = _read_json(quick_file)
+    expected = read_json_file(quick_file)
     if expected["config"] != (quick or {}).get("config"):
         problems.append(f"{quick_file}: another quick config than {summary_file}'s quick_reproduction")
     return problems
@@ -207,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         if args.from_run:
             source = args.from_run / "summary.json"
-            summary = trimmed_summary(_read_json(source))
+            summary = trimmed_summary(read_json_file(source))
             if summary["config"]["name"] != "full":
                 raise UserError("the README shows the full demo; this run used another config", file=source,
                                 field="config.name")
@@ -220,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(SUMMARY_FILE, {**summary, "quick_reproduction": quick})
         if args.quick_expected:
             atomic_write_json(QUICK_FILE, reproduction_record(args.quick_expected))
-        changed = write_readme(_read_json(SUMMARY_FILE))
+        changed = write_readme(read_json_file(SUMMARY_FILE))
         print(f"{README}: demo block {'rewritten' if changed else 'already up to date'}")
         return 0
     except UserError as exc:
