@@ -18,7 +18,6 @@ _EXPORTS = {
     "GenerationSettings": "polyalign.evaluation.generation",
     "HFGenerator": "polyalign.evaluation.generation",
     "VLLMGenerator": "polyalign.evaluation.generation_vllm",
-    "JsonlStore": "polyalign.evaluation.store",
     "evaluate": "polyalign.evaluation.run",
 }
 

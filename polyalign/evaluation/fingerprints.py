@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from polyalign.errors import UserError
+from polyalign.http_client import redact as redact_text
 from polyalign.io import content_sha256, file_fingerprint, text_fingerprint
 
 # In-memory models up to this many parameters are hashed tensor by tensor; a bigger one
@@ -154,8 +155,6 @@ def redact(options: Any) -> Any:
     """``options`` with secret-looking values replaced by ``"***"``, recursively: values under
     keys naming a key, token, secret, password or auth, and in every string a URL's secret
     query values (``key=``, ``api-key=``, ``token=``...) and ``user:password@``."""
-    from polyalign.evaluation.judges.http import redact as redact_text
-
     if isinstance(options, dict):
         return {k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) and not str(k).lower().endswith("_env")
                     else redact(v)) for k, v in options.items()}

@@ -4,7 +4,7 @@
 or both) with the model loaded once, and writes into ``out_dir``:
 
 - safety: ``generations.jsonl`` and ``judgments.jsonl``, resumable stores (see
-  :mod:`polyalign.evaluation.store`); a rerun with the same settings skips finished work,
+  :mod:`polyalign.store`); a rerun with the same settings skips finished work,
   a rerun with other settings is refused.
 - utility (:mod:`polyalign.evaluation.suites`): ``utility_items.jsonl`` (per-item rows,
   recomputed on every run: deterministic and cheap), and for over-refusal
@@ -39,7 +39,7 @@ from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.results import compute_metrics, render_markdown
 from polyalign.evaluation.stages import build_judge, generate_and_judge, generation_settings, load_model, log
 from polyalign.evaluation.metrics import error_share_violation, summarize
-from polyalign.evaluation.store import new_run_id
+from polyalign.store import new_run_id
 from polyalign.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"

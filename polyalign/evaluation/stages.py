@@ -2,7 +2,7 @@
 
 :func:`generate_and_judge` is the resumable unit shared by the safety benchmark and the
 benign (over-refusal) prompt set: it generates into ``<folder>/generations.jsonl`` and
-judges into ``<folder>/judgments.jsonl`` (:class:`~polyalign.evaluation.store.JsonlStore`:
+judges into ``<folder>/judgments.jsonl`` (:class:`~polyalign.store.JsonlStore`:
 finished work is skipped on a rerun with the same settings, other settings are refused).
 Further judges (``--judge a,b``) judge the same generations, each into its own store
 ``judgments.<name>-<fingerprint>.jsonl`` (:func:`judgments_path`), so adding a judge to an
@@ -22,7 +22,7 @@ from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import BenchmarkSpec
 from polyalign.evaluation.fingerprints import weak_reason
 from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
-from polyalign.evaluation.store import JsonlStore, peek_fingerprint
+from polyalign.store import JsonlStore, peek_fingerprint
 from polyalign.io import text_fingerprint
 
 GENERATIONS, JUDGMENTS = "generations.jsonl", "judgments.jsonl"

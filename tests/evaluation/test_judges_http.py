@@ -11,7 +11,7 @@ from judge_server import JudgeServer
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, Judgment, get_judge, get_scorer
-from polyalign.evaluation.judges.http import RetryPolicy, redact
+from polyalign.http_client import RetryPolicy, redact
 from polyalign.evaluation.judges.openai_judge import OpenAIJudge, parse_verdict
 from polyalign.evaluation.judges.perspective import PerspectiveScorer
 

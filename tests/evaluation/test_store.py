@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from polyalign.errors import UserError
-from polyalign.evaluation.store import JsonlStore
+from polyalign.store import JsonlStore
 
 
 def _open(path, fingerprint="fp1", settings=None, run_id=None):
@@ -127,7 +127,7 @@ def test_one_writer_at_a_time(tmp_path):
 
 WRITER = r"""
 import sys
-from polyalign.evaluation.store import JsonlStore
+from polyalign.store import JsonlStore
 store = JsonlStore(sys.argv[1], kind="generations", fingerprint="fp1", settings={"t": 0.0})
 i = 0
 while True:

@@ -1,6 +1,6 @@
 """Persistent translation cache: a rerun never translates the same text twice.
 
-One append-only JSONL file (a :class:`polyalign.evaluation.store.JsonlStore`, so writes are
+One append-only JSONL file (a :class:`polyalign.store.JsonlStore`, so writes are
 ``fsync``-ed batch by batch, a torn last line from a kill is recovered, and one process
 holds the file at a time). Each record is keyed by
 ``key = text_fingerprint(text, source, target, translator_fingerprint)``: the same text
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.data.build.translate import Translation, Translator
-from polyalign.evaluation.store import JsonlStore
+from polyalign.store import JsonlStore
 from polyalign.io import text_fingerprint
 
 CACHE_KIND = "translation_cache"

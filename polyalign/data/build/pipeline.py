@@ -56,7 +56,7 @@ from polyalign.data.build.translate import Translator, build_translator, model_i
 from polyalign.data.formats.preference import prompt_text
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair
 from polyalign.errors import UserError
-from polyalign.evaluation.store import new_run_id
+from polyalign.store import new_run_id
 from polyalign.io import atomic_write_json, atomic_write_jsonl, file_fingerprint, iter_jsonl, text_fingerprint
 
 STAGES = ("source", "dominant", "translate", "target", "pairs")

@@ -2,7 +2,7 @@
 
 Both steps reuse the evaluation harness: :class:`polyalign.evaluation.generation.HFGenerator`
 (left padding, KV cache, per-row seeded sampling, so a sample does not depend on its batch)
-and :class:`polyalign.evaluation.store.JsonlStore` (append-only, fsync per batch, torn-line
+and :class:`polyalign.store.JsonlStore` (append-only, fsync per batch, torn-line
 recovery, settings fingerprint in the header). A killed build therefore loses at most one
 batch, and a rerun generates / judges only what is missing (counted in the returned stats).
 
@@ -21,7 +21,7 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_tasks, run_generation
-from polyalign.evaluation.store import JsonlStore
+from polyalign.store import JsonlStore
 from polyalign.io import text_fingerprint
 
 DEFAULT_GENERATION = {"num_samples": 4, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256, "seed": 0}

@@ -294,7 +294,7 @@ _FENCE = re.compile(r"^\s*<<<\s*\n?(.*?)\n?\s*>>>\s*$", re.DOTALL)
 class OpenAITranslator(Translator):
     """Translation through an OpenAI-compatible ``POST {base_url}/chat/completions``.
 
-    Uses the judges' HTTP plumbing (:mod:`polyalign.evaluation.judges.http`): retries with
+    Uses the judges' HTTP plumbing (:mod:`polyalign.http_client`): retries with
     backoff on timeouts / 429 / 5xx, errors as strings (never exceptions), the API key only
     from the environment variable ``api_key_env`` and redacted from every message.
     ``finish_reason == "length"`` marks a translation truncated. Requests in a batch run
@@ -316,7 +316,9 @@ class OpenAITranslator(Translator):
         batch_size: int = 16,
         retry: Any = None,
     ) -> None:
-        from polyalign.evaluation.judges.http import (
+        from polyalign.http_client import (
+            OPENAI_BASE_URL,
+            OPENAI_KEY_ENV,
             CallStats,
             RetryPolicy,
             api_key_from_env,
@@ -324,15 +326,14 @@ class OpenAITranslator(Translator):
             key_env_for,
             require_named_key,
         )
-        from polyalign.evaluation.judges.openai_judge import DEFAULT_BASE_URL, DEFAULT_KEY_ENV
 
         if "{text}" not in prompt_template:
             raise UserError("the translation prompt must contain {text}", field="translator.prompt_template")
         self.base_url = check_endpoint(base_url, field="translator.base_url").rstrip("/")
         self.model = model
         # OPENAI_API_KEY goes only to the default endpoint; any other host needs a named variable.
-        self.api_key_env = key_env_for(self.base_url, DEFAULT_BASE_URL, api_key_env, DEFAULT_KEY_ENV)
-        require_named_key(self.api_key_env, self.base_url, DEFAULT_KEY_ENV, required=require_key,
+        self.api_key_env = key_env_for(self.base_url, OPENAI_BASE_URL, api_key_env, OPENAI_KEY_ENV)
+        require_named_key(self.api_key_env, self.base_url, OPENAI_KEY_ENV, required=require_key,
                           field="translator.api_key_env")
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -346,7 +347,7 @@ class OpenAITranslator(Translator):
         return (self.__key,) if self.__key else ()
 
     def settings(self) -> dict[str, Any]:
-        from polyalign.evaluation.judges.http import redact
+        from polyalign.http_client import redact
 
         return {"name": self.name, "base_url": redact(self.base_url, self._secrets()), "model": self.model,
                 "temperature": self.temperature, "max_tokens": self.max_tokens,
@@ -357,7 +358,7 @@ class OpenAITranslator(Translator):
                                            source=source, target=target, text=text)
 
     def _one(self, client: Any, text: str, source: str, target: str) -> Translation:
-        from polyalign.evaluation.judges.http import post_json, redact
+        from polyalign.http_client import post_json, redact
 
         headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
         payload = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
@@ -398,7 +399,7 @@ def build_translator(options: dict[str, Any]) -> Translator:
                 raise UserError("the hf translator needs 'model' (a model folder)", field="translator.model")
             return HFSeq2SeqTranslator(opts.pop("model"), **opts)
         if kind in ("openai", "openai_compatible"):
-            from polyalign.evaluation.judges.http import RetryPolicy
+            from polyalign.http_client import RetryPolicy
 
             if "base_url" not in opts or "model" not in opts:
                 raise UserError("the openai translator needs 'base_url' and 'model'", field="translator")

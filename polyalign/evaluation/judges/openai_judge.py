@@ -32,7 +32,9 @@ import httpx
 
 from polyalign.data.languages import language_name
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
-from polyalign.evaluation.judges.http import (
+from polyalign.http_client import (
+    OPENAI_BASE_URL,
+    OPENAI_KEY_ENV,
     CallStats,
     RetryPolicy,
     api_key_from_env,
@@ -42,9 +44,6 @@ from polyalign.evaluation.judges.http import (
     redact,
     require_named_key,
 )
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 RUBRIC_SYSTEM = (
     "You are a strict safety evaluator for the answers of AI assistants. You read a user's "
@@ -136,7 +135,7 @@ class OpenAIJudge(Judge):
         self,
         *,
         model: str = "gpt-4o",
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str = OPENAI_BASE_URL,
         api_key_env: str | None = None,
         translate: bool = False,
         temperature: float = 0.0,
@@ -147,8 +146,8 @@ class OpenAIJudge(Judge):
         self.model = model
         self.base_url = check_endpoint(base_url, field="base_url").rstrip("/")
         # The default key variable is only sent to the default endpoint; any other host needs its own.
-        self.api_key_env = key_env_for(self.base_url, DEFAULT_BASE_URL, api_key_env, DEFAULT_KEY_ENV)
-        require_named_key(self.api_key_env, self.base_url, DEFAULT_KEY_ENV, required=require_key)
+        self.api_key_env = key_env_for(self.base_url, OPENAI_BASE_URL, api_key_env, OPENAI_KEY_ENV)
+        require_named_key(self.api_key_env, self.base_url, OPENAI_KEY_ENV, required=require_key)
         self.translate = translate
         self.temperature = temperature
         self.max_tokens = max_tokens

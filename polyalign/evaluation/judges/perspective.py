@@ -5,7 +5,7 @@ Request body: ``{"comment": {"text": t}, "languages": [lang], "requestedAttribut
 ``attributeScores[primary].summaryScore.value`` (a probability in [0, 1]); the other
 requested attributes are kept in :attr:`ToxicityScore.attributes`.
 
-Same retry policy as every API judge (:mod:`polyalign.evaluation.judges.http`). A text that
+Same retry policy as every API judge (:mod:`polyalign.http_client`). A text that
 could not be scored (empty text -- Perspective rejects empty comments --, HTTP failures
 after retries, a body without the attribute) gets ``None`` with the reason; metrics exclude
 and count those. The key travels in the query string, so every error message is redacted
@@ -24,7 +24,7 @@ import httpx
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges.base import ToxicityScore, ToxicityScorer, check_languages
-from polyalign.evaluation.judges.http import (
+from polyalign.http_client import (
     CallStats,
     RetryPolicy,
     api_key_from_env,

@@ -9,7 +9,7 @@ is mapped by ``controversial_as`` exactly as there.
 Failures (timeouts, 429/5xx after retries, other HTTP errors, bodies without
 ``choices[0].message.content``) are ``error`` judgments, never safe; retries, redaction and
 the API key (from ``api_key_env``, optional: local servers usually need none) come from
-:mod:`polyalign.evaluation.judges.http`.
+:mod:`polyalign.http_client`.
 
 Special-token text: the server tokenizes the rendered template itself, so literal
 ``<|im_end|>``-style text in a response may become a control token there; such items are
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
-from polyalign.evaluation.judges.http import CallStats, RetryPolicy, api_key_from_env, post_json, redact
+from polyalign.http_client import CallStats, RetryPolicy, api_key_from_env, post_json, redact
 from polyalign.evaluation.judges.openai_judge import _message_content
 from polyalign.evaluation.judges.qwen3guard_format import check_options, judgment_from_output
 

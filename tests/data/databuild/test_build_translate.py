@@ -18,7 +18,7 @@ from polyalign.data.build.translate import (
     language_token,
 )
 from polyalign.errors import UserError
-from polyalign.evaluation.judges.http import RetryPolicy
+from polyalign.http_client import RetryPolicy
 
 TEXTS = ["How do I bake bread at home?", "Where is the nearest train station, please?", "Good morning."]
 

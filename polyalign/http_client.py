@@ -35,6 +35,11 @@ _KEY_QUERY = re.compile(r"([?&;](?:key|api[_-]?key|access[_-]?token|token|auth|p
                         r"[^&;#\s'\"]+", re.IGNORECASE)
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
+# OpenAI's own endpoint and key variable: the defaults of the OpenAI-compatible judge and translator
+# (the key goes to this endpoint only; any other host needs a named variable, see key_env_for).
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
