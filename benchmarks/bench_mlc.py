@@ -3,8 +3,8 @@
 - ``dpo``: the plain polyalign DPO step of :mod:`benchmarks.bench_dpo` (``compute_objective``).
 - ``dpo_mlc``: a hand-written step in the shape of the trainer integration: the prompt-variant
   rows (``L`` languages per example) are appended to the preference rows
-  (:func:`polyalign.training.mlc.append_rows`), one decoder forward, chunked DPO log-probs on
-  the preference rows, :func:`polyalign.training.mlc.mlc_term` on the variant rows (extractor
+  (:func:`polyalign.training.mlc_term.append_rows`), one decoder forward, chunked DPO log-probs on
+  the preference rows, :func:`polyalign.training.mlc_term.mlc_term` on the variant rows (extractor
   ``D = 512`` on the last layer), ``loss = dpo + mlc_weight * mlc``, backward, optimizer step
   (policy + extractor). The term is applied on every measured step; the released schedule
   (every 2nd step) halves the amortised overhead, which ``run_all`` reports too.
@@ -55,7 +55,7 @@ def _integrated() -> bool:
 def run(args: Any) -> dict[str, Any]:
     from polyalign.losses import dpo_loss, sequence_logps
     from polyalign.training.extractor import MLCExtractor
-    from polyalign.training.mlc import append_rows, mlc_term
+    from polyalign.training.mlc_term import append_rows, mlc_term
 
     s = common.SIZES[args.size]
     setup = polyalign_dpo_setup(args.size, args.dtype, tempfile.mkdtemp(prefix="bench_mlc_"))

@@ -48,9 +48,9 @@ from polyalign.data.languages import canonical_language
 from polyalign.data.records import PreferencePair
 from polyalign.data.variants import VariantReport, tokenize_variants
 from polyalign.errors import UserError
-from polyalign.losses.mlc import MLC_SCALES
+from polyalign.losses.mlc_loss import MLC_SCALES
 from polyalign.training.extractor import EXTRACTOR_DIRNAME, MLCExtractor
-from polyalign.training.mlc import append_rows, mlc_term, should_apply
+from polyalign.training.mlc_term import append_rows, mlc_term, should_apply
 
 log = logging.getLogger("polyalign.training")
 VARIANT_KEYS = ("variant_input_ids", "variant_attention_mask", "variant_index", "variant_languages")

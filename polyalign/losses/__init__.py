@@ -7,7 +7,7 @@ function's docstring.
 
 from polyalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss, nll, nll_loss, orpo_loss, simpo_loss
 from polyalign.losses.logprobs import model_sequence_logps, sequence_logps
-from polyalign.losses.mlc import MLC_SCALES, mean_pairwise_cosine, mlc_loss, rank1_share
+from polyalign.losses.mlc_loss import MLC_SCALES, mean_pairwise_cosine, mlc_loss, rank1_share
 from polyalign.losses.mpo import POOLINGS, mpo_loss, pool_hidden, retention_loss
 
 __all__ = [

@@ -115,7 +115,7 @@ class PolyalignConfig(TrainingArguments):
     def _check_mlc(self) -> None:
         import math
 
-        from polyalign.losses.mlc import MLC_SCALES
+        from polyalign.losses.mlc_loss import MLC_SCALES
 
         if isinstance(self.mlc_weight, bool) or not (isinstance(self.mlc_weight, (int, float))
                                                      and math.isfinite(self.mlc_weight) and self.mlc_weight >= 0):

@@ -24,8 +24,8 @@ the target pair's rows under a distributed wrapper and with MLC, and run as a se
 at their own width for a plain model (see ``_mpo_forward``).
 
 MLC (any method, ``mlc_weight > 0``): the term ``mlc`` (weight ``mlc_weight``) is
-:func:`polyalign.training.mlc.mlc_term` on the prompt-variant rows, which are appended to the
-method's rows (:func:`~polyalign.training.mlc.append_rows`) so the decoder still runs once;
+:func:`polyalign.training.mlc_term.mlc_term` on the prompt-variant rows, which are appended to the
+method's rows (:func:`~polyalign.training.mlc_term.append_rows`) so the decoder still runs once;
 they too have an all-zero response mask. It is computed when ``apply_mlc`` (the trainer passes
 ``should_apply(global_step, mlc_every)`` in training, True in evaluation); on other steps the
 variant rows are not forwarded at all (saves their compute) and the extractor gets a zero
@@ -52,7 +52,7 @@ from polyalign.losses import (
     simpo_loss,
 )
 from polyalign.losses.logprobs import model_hidden_states, runs_own_forward
-from polyalign.training.mlc import MLCResult, append_rows, mlc_term
+from polyalign.training.mlc_term import MLCResult, append_rows, mlc_term
 from polyalign.training.mlc_policy import unwrap_policy
 from polyalign.training.reference_cache import retention_pool_mask
 

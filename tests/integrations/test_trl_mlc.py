@@ -18,7 +18,7 @@ from polyalign.data.records import Message, PreferencePair, PromptVariants
 from polyalign.errors import UserError
 from polyalign.models import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer
 from polyalign.training.extractor import MLCExtractor
-from polyalign.training.mlc import encode_variants, mlc_term
+from polyalign.training.mlc_term import encode_variants, mlc_term
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(g|is_g)radient_checkpointing.*:FutureWarning")
 trl = pytest.importorskip("trl")

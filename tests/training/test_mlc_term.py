@@ -10,7 +10,7 @@ from polyalign.data.variants import variant_batch
 from polyalign.losses import dpo_loss, model_sequence_logps, rank1_share
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 from polyalign.training.extractor import MLCExtractor
-from polyalign.training.mlc import (
+from polyalign.training.mlc_term import (
     append_rows,
     encode_variants,
     gather_last_token,

@@ -13,12 +13,12 @@ from polyalign.data.collate import Collator, collate_variants
 from polyalign.data.records import Message, PromptVariants
 from polyalign.data.writers import write_canonical
 from polyalign.errors import UserError
-from polyalign.losses.mlc import rank1_share
+from polyalign.losses.mlc_loss import rank1_share
 from polyalign.models import load_model_and_tokenizer
 from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
 from polyalign.training.extractor import MLCExtractor
-from polyalign.training.mlc import encode_variants, mlc_term, scatter_variants
+from polyalign.training.mlc_term import encode_variants, mlc_term, scatter_variants
 from polyalign.training.mlc_policy import MLCCollator, wrap_policy
 from polyalign.training.objective import compute_objective, term_weights
 from polyalign.training.run import train

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from polyalign.losses.mlc import mean_pairwise_cosine, mlc_loss, rank1_share
+from polyalign.losses.mlc_loss import mean_pairwise_cosine, mlc_loss, rank1_share
 from polyalign.training.extractor import MLCExtractor
 
 HiddenStates = torch.Tensor | Sequence[torch.Tensor]
