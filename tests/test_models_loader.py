@@ -137,7 +137,7 @@ _OTHER_LOADERS = """
 import sys
 from polyalign.errors import UserError
 from polyalign.evaluation.judges.classifier import _load
-from polyalign.data.build.translate import HFSeq2SeqTranslator
+from polyalign.data.build.translate_hf import HFSeq2SeqTranslator
 for name, call in (("classifier", lambda: _load("runs/tox", None)),
                    ("translator", lambda: HFSeq2SeqTranslator("runs/mt")._load("runs/mt")),
                    ("pretrained_source", lambda: __import__("polyalign.models", fromlist=["x"]).pretrained_source("runs/final"))):

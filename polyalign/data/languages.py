@@ -15,19 +15,64 @@ from __future__ import annotations
 
 import re
 
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "zh": "Chinese", "zh-Hant": "Chinese (Traditional)", "ja": "Japanese",
-    "ko": "Korean", "ar": "Arabic", "bn": "Bengali", "sw": "Swahili", "ru": "Russian",
-    "ur": "Urdu", "ps": "Pashto", "ku": "Kurdish", "it": "Italian", "vi": "Vietnamese",
-    "th": "Thai", "jv": "Javanese", "de": "German", "hi": "Hindi", "fr": "French",
-    "es": "Spanish", "pt": "Portuguese", "nl": "Dutch", "pl": "Polish", "sv": "Swedish",
-    "cs": "Czech", "id": "Indonesian", "tr": "Turkish", "fa": "Persian", "uk": "Ukrainian",
-    "he": "Hebrew", "el": "Greek", "ta": "Tamil", "te": "Telugu", "mr": "Marathi",
-    "gu": "Gujarati", "pa": "Punjabi", "yo": "Yoruba", "ha": "Hausa", "am": "Amharic",
-    "zu": "Zulu", "tl": "Tagalog", "ms": "Malay", "ro": "Romanian", "hu": "Hungarian",
-    "fi": "Finnish", "da": "Danish", "no": "Norwegian", "ca": "Catalan",
-    "hbs": "Serbo-Croatian (BCMS)", "nb": "Norwegian Bokmal", "sk": "Slovak",
-}
+# One row per language: canonical code, English name, FLORES-200 code (NLLB-200's language token;
+# None where none is mapped) and whether M2M100 (418M / 1.2B) has its ``__code__`` token.
+LANGUAGES: tuple[tuple[str, str, str | None, bool], ...] = (
+    ("en", "English", "eng_Latn", True),
+    ("zh", "Chinese", "zho_Hans", True),
+    ("zh-Hant", "Chinese (Traditional)", "zho_Hant", False),
+    ("ja", "Japanese", "jpn_Jpan", True),
+    ("ko", "Korean", "kor_Hang", True),
+    ("ar", "Arabic", "arb_Arab", True),
+    ("bn", "Bengali", "ben_Beng", True),
+    ("sw", "Swahili", "swh_Latn", True),
+    ("ru", "Russian", "rus_Cyrl", True),
+    ("ur", "Urdu", "urd_Arab", True),
+    ("ps", "Pashto", "pbt_Arab", True),
+    ("ku", "Kurdish", "kmr_Latn", False),
+    ("it", "Italian", "ita_Latn", True),
+    ("vi", "Vietnamese", "vie_Latn", True),
+    ("th", "Thai", "tha_Thai", True),
+    ("jv", "Javanese", "jav_Latn", True),
+    ("de", "German", "deu_Latn", True),
+    ("hi", "Hindi", "hin_Deva", True),
+    ("fr", "French", "fra_Latn", True),
+    ("es", "Spanish", "spa_Latn", True),
+    ("pt", "Portuguese", "por_Latn", True),
+    ("nl", "Dutch", "nld_Latn", True),
+    ("pl", "Polish", "pol_Latn", True),
+    ("sv", "Swedish", "swe_Latn", True),
+    ("cs", "Czech", "ces_Latn", True),
+    ("id", "Indonesian", "ind_Latn", True),
+    ("tr", "Turkish", "tur_Latn", True),
+    ("fa", "Persian", "pes_Arab", True),
+    ("uk", "Ukrainian", "ukr_Cyrl", True),
+    ("he", "Hebrew", "heb_Hebr", True),
+    ("el", "Greek", "ell_Grek", True),
+    ("ta", "Tamil", "tam_Taml", True),
+    ("te", "Telugu", "tel_Telu", False),
+    ("mr", "Marathi", "mar_Deva", True),
+    ("gu", "Gujarati", "guj_Gujr", True),
+    ("pa", "Punjabi", "pan_Guru", True),
+    ("yo", "Yoruba", "yor_Latn", True),
+    ("ha", "Hausa", "hau_Latn", True),
+    ("am", "Amharic", "amh_Ethi", True),
+    ("zu", "Zulu", "zul_Latn", True),
+    ("tl", "Tagalog", "tgl_Latn", True),
+    ("ms", "Malay", "zsm_Latn", True),
+    ("ro", "Romanian", "ron_Latn", True),
+    ("hu", "Hungarian", "hun_Latn", True),
+    ("fi", "Finnish", "fin_Latn", True),
+    ("da", "Danish", "dan_Latn", True),
+    ("no", "Norwegian", "nob_Latn", True),
+    ("ca", "Catalan", "cat_Latn", True),
+    ("hbs", "Serbo-Croatian (BCMS)", None, False),
+    ("nb", "Norwegian Bokmal", None, False),
+    ("sk", "Slovak", None, False),
+)
+LANGUAGE_NAMES: dict[str, str] = {code: name for code, name, _, _ in LANGUAGES}
+NLLB_CODES: dict[str, str] = {code: flores for code, _, flores, _ in LANGUAGES if flores is not None}
+M2M100_LANGUAGES = frozenset(code for code, _, _, m2m100 in LANGUAGES if m2m100)
 # Languages inside a macrolanguage tag used by a data set: a hint when one is asked for.
 MACROLANGUAGE = {"sr": "hbs", "hr": "hbs", "bs": "hbs", "cnr": "hbs"}
 

@@ -26,7 +26,9 @@ from typing import Any
 import yaml
 
 from polyalign.data.build.cache import TranslationCache
-from polyalign.data.build.translate import HFSeq2SeqTranslator, Translator, build_translator, language_token
+from polyalign.data.build.translate import build_translator
+from polyalign.data.build.translate_hf import HFSeq2SeqTranslator, language_token
+from polyalign.data.build.translation import Translator
 from polyalign.data.languages import canonical_language
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.build.translate import Translation, Translator
+from polyalign.data.build.translation import Translation, Translator
 from polyalign.store import JsonlStore
 from polyalign.io import text_fingerprint
 

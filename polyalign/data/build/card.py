@@ -32,7 +32,7 @@ from polyalign.io import (
 
 if TYPE_CHECKING:
     from polyalign.data.build.config import BuildConfig
-    from polyalign.data.build.translate import Translator
+    from polyalign.data.build.translation import Translator
 
 OUTPUT_NAMES = {"mpo": "mpo_pairs.jsonl", "mlc": "mlc_pairs.jsonl", "dpo": "dpo_pairs.jsonl"}
 

@@ -52,12 +52,14 @@ from polyalign.data.build.pairing import (
 )
 from polyalign.data.build.selfgen import SelfGenerator, gen_id, judge_generations
 from polyalign.data.build.similarity import load_similarity
-from polyalign.data.build.translate import Translator, build_translator, model_identity
+from polyalign.data.build.translate import build_translator
+from polyalign.data.build.translate_hf import model_identity
+from polyalign.data.build.translation import Translator
 from polyalign.data.formats.preference import prompt_text
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair
 from polyalign.errors import UserError
-from polyalign.store import new_run_id
 from polyalign.io import atomic_write_json, atomic_write_jsonl, file_fingerprint, iter_jsonl, text_fingerprint
+from polyalign.store import new_run_id
 
 STAGES = ("source", "dominant", "translate", "target", "pairs")
 CRASH_ENV = "POLYALIGN_BUILD_CRASH"

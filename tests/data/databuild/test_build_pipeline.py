@@ -15,7 +15,7 @@ from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq, ver
 
 from polyalign.data.build.config import load_build_config
 from polyalign.data.build.pipeline import run_build
-from polyalign.data.build.translate import HFSeq2SeqTranslator
+from polyalign.data.build.translate_hf import HFSeq2SeqTranslator
 from polyalign.data.readers import load_prompt_variants, read_records
 from polyalign.data.records import ParallelPair, PreferencePair
 from polyalign.errors import UserError

@@ -11,12 +11,9 @@ import torch
 from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq
 
 from polyalign.data.build.cache import TranslationCache, cache_key
-from polyalign.data.build.translate import (
-    HFSeq2SeqTranslator,
-    OpenAITranslator,
-    build_translator,
-    language_token,
-)
+from polyalign.data.build.translate import build_translator
+from polyalign.data.build.translate_hf import HFSeq2SeqTranslator, language_token
+from polyalign.data.build.translate_openai import OpenAITranslator
 from polyalign.errors import UserError
 from polyalign.http_client import RetryPolicy
 
