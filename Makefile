@@ -33,6 +33,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size report
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size smollm2
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py --size gemma3
 
 .PHONY: study study-quick
 # The papers' experiment on SmolLM2-135M-Instruct (recipes/study/smollm2_multijail.yaml); resumable:

@@ -17,6 +17,11 @@ term are both non-trivial. ``beta = 1``, ``alpha = 1``.
 
 Both report the loss of every call (warm-up included); ``run_all`` checks they are equal,
 step by step (same initial weights, same optimizer, same gradients up to rounding).
+
+Gradient checkpointing (``*_gc`` implementations): every decoder layer of the policy checkpointed
+(``activation_checkpointing_enable``). ``official_gc`` is reentrant, as the released recipe
+(LLaMA-Factory forces ``use_reentrant: true``); ``polyalign_gc`` is reentrant and
+``polyalign_gc_nonreentrant`` is transformers 5's default, so the mode can be chosen by measurement.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import torch
 
 from benchmarks import common
 
-IMPLS = ["polyalign", "official"]
+IMPLS = ["polyalign", "official", "polyalign_gc", "polyalign_gc_nonreentrant", "official_gc"]
+#: impl -> use_reentrant of its gradient checkpointing (absent: checkpointing off)
+GC_MODE = {"polyalign_gc": True, "polyalign_gc_nonreentrant": False, "official_gc": True}
 BETA, ALPHA = 1.0, 1.0
 
 
@@ -46,11 +53,18 @@ def _avg_logps_full(logits: torch.Tensor, ids: torch.Tensor, response_mask: torc
     return (logps * mask).sum(1) / mask.sum(1)
 
 
-def _official(size: str, dtype: str) -> dict[str, Any]:
+def enable_checkpointing(model: Any, reentrant: bool | None) -> None:
+    """Checkpoint every decoder layer (``reentrant`` None: leave checkpointing off)."""
+    if reentrant is not None:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+
+
+def _official(size: str, dtype: str, reentrant: bool | None = None) -> dict[str, Any]:
     from polyalign.data.collate import collate_mpo
 
     tok = common.build_tokenizer()
     policy = common.build_model(size, dtype, tok, seed=0)
+    enable_checkpointing(policy, reentrant)
     ref = common.build_model(size, dtype, tok, seed=1).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -79,7 +93,7 @@ def _official(size: str, dtype: str) -> dict[str, Any]:
     return {"model": policy, "step": step, "tokens": tokens, "batch": batch}
 
 
-def _polyalign(size: str, dtype: str) -> dict[str, Any]:
+def _polyalign(size: str, dtype: str, reentrant: bool | None = None) -> dict[str, Any]:
     from polyalign.data.collate import collate_mpo
     from polyalign.training.objective import compute_objective
     from polyalign.training.reference_cache import compute_reference_values
@@ -97,6 +111,7 @@ def _polyalign(size: str, dtype: str) -> dict[str, Any]:
         for key, column in values.items():
             example["dominant"][key] = column[i].item() if column.dim() == 1 else column[i].clone()
     batch = collate_mpo(examples, tok.pad_token_id)
+    enable_checkpointing(policy, reentrant)
     opt = common.optimizer_for(policy)
     pad = tok.pad_token_id
 
@@ -144,13 +159,15 @@ def exact_step_flop_floor(batch: dict[str, Any], params: dict[str, int]) -> dict
 
 def run(args: Any) -> dict[str, Any]:
     s = common.SIZES[args.size]
-    setup = (_polyalign if args.impl == "polyalign" else _official)(args.size, args.dtype)
+    make = _official if args.impl.startswith("official") else _polyalign
+    setup = make(args.size, args.dtype, GC_MODE.get(args.impl))
     setup_peak = common.peak_rss_mb()
     reset_ok = common.reset_peak_rss()
     rss_before = common.current_rss_mb()
     timing, losses = common.time_calls(setup["step"], s["warmup"], s["repeats"])
     result = {
-        "bench": "mpo", "tokens_per_step": setup["tokens"], "tokens_per_s": setup["tokens"] / timing["median_s"],
+        "bench": "mpo", "gradient_checkpointing": {None: "off", True: "reentrant", False: "non-reentrant"}[
+            GC_MODE.get(args.impl)], "tokens_per_step": setup["tokens"], "tokens_per_s": setup["tokens"] / timing["median_s"],
         "losses": [x["loss"] for x in losses], "terms": losses, **timing,
         "peak_rss_mb": common.peak_rss_mb(), "rss_before_steps_mb": rss_before,
         "peak_rss_incl_setup_mb": setup_peak, "peak_reset": reset_ok, "params": common.count_params(setup["model"]),

@@ -42,6 +42,29 @@ SIZES: dict[str, dict[str, Any]] = {
                    response=(48, 128), warmup=1, repeats=5, gen_prompts=48, gen_new=24, gen_batch=None, gen_repeats=3, mlc_langs=4,
                    matmul_n=2048),
 }
+# Real model shapes (issue 19): the architectures' configs exactly as the released checkpoints'
+# config.json (random seeded weights, nothing downloaded); special-token ids from the tiny tokenizer.
+_SHAPE_BATCH = dict(seq=256, pairs=2, prompt=(64, 128), response=(48, 128), warmup=1, repeats=2, gen_prompts=16,
+                    gen_new=16, gen_batch=None, gen_repeats=1, mlc_langs=4, matmul_n=2048)
+SIZES["smollm2"] = dict(
+    arch="llama", config=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                              num_key_value_heads=3, head_dim=64, vocab_size=49152, hidden_act="silu",
+                              max_position_embeddings=8192, rms_norm_eps=1e-5,
+                              rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                              tie_word_embeddings=True, attention_bias=False, mlp_bias=False),
+    **_SHAPE_BATCH)
+SIZES["gemma3"] = dict(
+    arch="gemma3_text", config=dict(
+        hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=256, vocab_size=262144, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=512,
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        attn_logit_softcapping=None, final_logit_softcapping=None, tie_word_embeddings=True, attention_bias=False),
+    **_SHAPE_BATCH)
+#: Sizes that are real architectures' shapes (their own results folder and RESULTS.md table).
+SHAPES = ("smollm2", "gemma3")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -151,18 +174,45 @@ def build_model(size: str, dtype: str, tokenizer: Any, seed: int = 0):
     from polyalign.models import build_tiny_model
 
     s = SIZES[size]
-    model = build_tiny_model("llama", tokenizer, hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"],
-                             intermediate_size=s["inter"], vocab_size=s["vocab"], seed=seed)
+    if "config" in s:
+        model = build_shape_model(size, tokenizer, seed)
+    else:
+        model = build_tiny_model("llama", tokenizer, hidden_size=s["hidden"], num_layers=s["layers"],
+                                 num_heads=s["heads"], intermediate_size=s["inter"], vocab_size=s["vocab"], seed=seed)
     model = model.to(getattr(torch, DTYPES[dtype]))
     model.train()
     return model
 
 
+def build_shape_model(size: str, tokenizer: Any, seed: int = 0):
+    """A real architecture's shape (``SIZES[size]["config"]``) with seeded random weights, float32, eager
+    attention (as the tiny factory: exact with left padding; the same on every side of a comparison)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    s = SIZES[size]
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
+                                 "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM)}[s["arch"]]
+    config = config_class(**s["config"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.float()
+
+
 def count_params(model: Any) -> dict[str, int]:
+    # ``parameters()`` yields a tied embedding once: the body is what is left after it (and an untied head).
     total = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight.numel()
-    head = model.get_output_embeddings().weight.numel()
-    return {"total": total, "input_embedding": embed, "lm_head": head, "body": total - embed - head}
+    embed_w, head_w = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    tied = embed_w is head_w
+    body = total - embed_w.numel() - (0 if tied else head_w.numel())
+    return {"total": total, "input_embedding": embed_w.numel(), "lm_head": head_w.numel(), "body": body,
+            "tied": tied}
 
 
 def random_ids(rng: random.Random, n: int, vocab: int, low: int = 300) -> list[int]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,16 @@ def test_mpo_loss_equality_passed(quick_results):
     data = _load(quick_results, "mpo")
     runs = data["runs"]["fp32"]
     assert data["summary"]["fp32"]["loss_equal"] is True
+    assert set(runs) == {"polyalign", "official", "polyalign_gc", "polyalign_gc_nonreentrant", "official_gc"}
+    # gradient checkpointing changes neither side's losses, in either mode
+    summary = data["summary"]["fp32"]
+    assert summary["loss_equal_gc_reentrant"] is True and summary["loss_equal_gc_nonreentrant"] is True
+    assert summary["official_gc_loss_equal_to_no_gc"] is True
+    assert [runs[i]["gradient_checkpointing"] for i in ("polyalign", "polyalign_gc", "polyalign_gc_nonreentrant")] \
+        == ["off", "reentrant", "non-reentrant"]
+    chosen = {"reentrant": "polyalign_gc", "nonreentrant": "polyalign_gc_nonreentrant"}[summary["gc_mode"]]
+    assert summary["rss_ratio_vs_official_gc"] == pytest.approx(
+        runs[chosen]["peak_rss_mb"] / runs["official_gc"]["peak_rss_mb"])
     for run in runs.values():
         _check_timing(run)
         assert run["peak_reset"] is True
@@ -106,8 +117,50 @@ def test_mlc_mfu_generation_json(quick_results):
 def test_summary_and_markdown(quick_results):
     summary = json.loads((quick_results / "summary.json").read_text(encoding="utf-8"))
     assert set(summary["targets"]["fp32"]) == {"dpo_speedup_vs_trl", "mpo_speedup_vs_official",
-                                               "mpo_rss_ratio_vs_official", "mfu", "generation_speedup_vs_naive"}
+                                               "mpo_rss_ratio_vs_official_gc", "mfu", "generation_speedup_vs_naive"}
     for target in summary["targets"]["fp32"].values():
         assert isinstance(target["met"], bool) and target["value"] > 0
+        assert target["met"] == (target["value"] <= target["target"] if target["op"] == "<="
+                                 else target["value"] >= target["target"])
     text = (quick_results / "RESULTS.md").read_text(encoding="utf-8")
     assert "## Targets" in text and "## dpo" in text and summary["machine"]["torch"] in text
+
+
+def test_shape_models_match_the_real_configs():
+    """The real shapes are built from the checkpoints' configs: parameter counts by formula."""
+    from benchmarks import common
+
+    tok = common.build_tokenizer()
+    for size, (vocab, hidden, layers, inter, q, kv, head_dim) in {
+            "smollm2": (49152, 576, 30, 1536, 9, 3, 64), "gemma3": (262144, 640, 18, 2048, 4, 1, 256)}.items():
+        cfg = common.SIZES[size]["config"]
+        assert (cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"],
+                cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (
+                    vocab, hidden, layers, inter, q, kv, head_dim)
+        # Per layer: q, k, v, o projections, a gated MLP (3 matrices), norms; tied embedding once.
+        attn = hidden * head_dim * (2 * q + 2 * kv)
+        norms = 2 * hidden if size == "smollm2" else 4 * hidden + 2 * head_dim  # gemma3: +2 sandwich norms, q/k norms
+        expected = vocab * hidden + layers * (attn + 3 * hidden * inter + norms) + hidden
+        with torch.device("meta"):
+            model = common.build_shape_model(size, tok)
+        params = common.count_params(model)
+        assert params["tied"] is True and params["total"] == expected
+        assert params["body"] == expected - vocab * hidden
+    layer_types = common.SIZES["gemma3"]["config"]["layer_types"]
+    assert layer_types.count("full_attention") == 3 and layer_types[5::6] == ["full_attention"] * 3
+
+
+def test_readme_and_results_md_agree_with_the_json():
+    """benchmarks/RESULTS.md and the README block are what benchmarks.report renders from the results JSON."""
+    from benchmarks import report
+
+    if not (REPO / "benchmarks" / "results" / "summary.json").is_file():
+        pytest.skip("no benchmark results in this checkout")
+    results_text, readme_text = report.rendered()
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8") == results_text
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index(report.BEGIN):readme.index(report.END)]
+    assert block == readme_text[readme_text.index(report.BEGIN):readme_text.index(report.END)]
+    # every shape that has results is in the README table, with its commit
+    for size in report.load_all():
+        assert report.SHORT[size] in block
