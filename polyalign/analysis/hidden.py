@@ -11,7 +11,7 @@ unpadded one.
 
 Only the decoder runs (``model.get_decoder()``: the transformer without its LM head, also
 inside a PEFT wrapper), as in training's scoring path
-(:func:`polyalign.losses.logprobs.model_hidden_states`): the full-vocabulary logits of every
+(:func:`polyalign.training.forward.model_hidden_states`): the full-vocabulary logits of every
 position would cost more than the decoder itself at a large vocabulary (Gemma-3: 262k tokens,
 ~60 % of a whole-model forward) and no analysis here uses them. Texts are encoded in batches
 of similar length (sorted by token count), so little compute goes to padding; a progress bar

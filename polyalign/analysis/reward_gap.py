@@ -7,7 +7,7 @@ is what the template adds after it for an assistant turn (so an end-of-turn mark
 template writes counts as a response token, as in TRL). Prompt and response are tokenised
 separately and concatenated, so the response's tokens never merge with the prompt's.
 
-Scoring is training's: :func:`polyalign.losses.logprobs.model_sequence_logps` runs the decoder
+Scoring is training's: :func:`polyalign.training.forward.model_sequence_logps` runs the decoder
 once per batch (right padded) and projects only the response positions through the LM head
 (float32 log-softmax; Gemma-2's final soft-capping applied), so no ``[B, T, V]`` logits exist.
 """
@@ -25,7 +25,7 @@ from polyalign.analysis.hidden import eval_mode, length_sorted_batches, model_de
 from polyalign.analysis.stats import correlate
 from polyalign.data.records import Message, ParallelPair, PreferencePair
 from polyalign.errors import UserError
-from polyalign.losses.logprobs import model_sequence_logps
+from polyalign.training.forward import model_sequence_logps
 
 
 def prompt_and_response_ids(
@@ -91,7 +91,7 @@ def _score(
                 response[b, n_prompt[i] : len(rows[i])] = True
             with torch.no_grad(), eval_mode(model):
                 # The decoder, then the LM head on the response positions only (no [B, T, V] logits).
-                _, avg, _, _ = model_sequence_logps(model, ids_t.to(device), mask.to(device), response.to(device))
+                avg = model_sequence_logps(model, ids_t.to(device), mask.to(device), response.to(device)).avg_logps
             for b, i in enumerate(group):
                 out[i] = float(avg[b])
             bar.update(len(group))

@@ -1,4 +1,4 @@
-"""Pure loss functions and efficient sequence log-probabilities.
+"""Pure loss functions and efficient sequence log-probabilities: tensors in, tensors out.
 
 Losses return per-example tensors ``[B]`` (the caller reduces) except
 :func:`retention_loss`, which is a scalar MSE. Formulas, intuitions and shapes are in each
@@ -6,7 +6,7 @@ function's docstring.
 """
 
 from polyalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss, nll, nll_loss, orpo_loss, simpo_loss
-from polyalign.losses.logprobs import model_sequence_logps, sequence_logps
+from polyalign.losses.logprobs import sequence_logps
 from polyalign.losses.mlc_loss import MLC_SCALES, mean_pairwise_cosine, mlc_loss, rank1_share
 from polyalign.losses.mpo import POOLINGS, mpo_loss, pool_hidden, retention_loss
 
@@ -17,7 +17,6 @@ __all__ = [
     "dpo_loss",
     "mean_pairwise_cosine",
     "mlc_loss",
-    "model_sequence_logps",
     "mpo_loss",
     "nll",
     "nll_loss",

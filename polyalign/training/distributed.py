@@ -147,7 +147,7 @@ def apply_ddp_defaults(config: Any) -> None:
     transformers turns DDP's unused-parameter search on by default (when gradient
     checkpointing is off). That search marks every parameter the *forward call* does not reach
     as ready right after the forward; the MLC extractor (and the LM head on the distributed
-    path of :func:`~polyalign.training.objective.policy_logps`) are used after the forward,
+    path of :func:`~polyalign.training.forward.model_sequence_logps`) are used after the forward,
     so their gradients then arrive a second time and DDP fails with "Expected to mark a
     variable ready only once". Every polyalign objective gives every trainable parameter a
     gradient on every step (the extractor a zero one on steps without the MLC term), so the

@@ -18,7 +18,7 @@ Trainer is given the wrapper, so
 
 Attribute look-ups the wrapper does not answer (``config``, ``get_decoder``,
 ``get_output_embeddings``, ``activation_checkpointing_enable``, ...) go to the policy, so the
-Trainer and :func:`polyalign.training.objective.policy_logps` treat it like the model. The
+Trainer and :func:`polyalign.training.forward.model_sequence_logps` treat it like the model. The
 wrapper's ``forward`` is the policy's ``forward`` (what DDP must see); the extractor is
 called directly on the variant rows' hidden states after it, inside the same graph.
 
@@ -51,8 +51,8 @@ from polyalign.data.collate import collate_variants
 from polyalign.data.records import ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.variants import VariantReport, attach_variants
 from polyalign.errors import UserError
-from polyalign.losses.logprobs import runs_own_forward
 from polyalign.training.extractor import MLCExtractor
+from polyalign.training.forward import runs_own_forward
 
 log = logging.getLogger("polyalign.training")
 

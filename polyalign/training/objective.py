@@ -42,16 +42,8 @@ from typing import Any
 
 import torch
 
-from polyalign.losses import (
-    dpo_loss,
-    mpo_loss,
-    nll_loss,
-    orpo_loss,
-    retention_loss,
-    sequence_logps,
-    simpo_loss,
-)
-from polyalign.losses.logprobs import model_hidden_states, runs_own_forward
+from polyalign.losses import dpo_loss, mpo_loss, nll_loss, orpo_loss, retention_loss, simpo_loss
+from polyalign.training.forward import SequenceScores, model_sequence_logps, runs_own_forward
 from polyalign.training.mlc_term import MLCResult, append_rows, mlc_term
 from polyalign.training.mlc_policy import unwrap_policy
 from polyalign.training.reference_cache import retention_pool_mask
@@ -93,33 +85,14 @@ def term_weights(config: Any) -> dict[str, float]:
     return weights
 
 
-def policy_logps(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-    *, chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(sum_logps, avg_logps, n_tokens, last_hidden)`` of the policy, one decoder forward.
-
-    A plain (or PEFT) model runs its decoder only and the response tokens are scored from the
-    last hidden state with the LM head, in chunks (:func:`~polyalign.losses.sequence_logps`).
-    A model whose own forward must run (:func:`~polyalign.losses.logprobs.runs_own_forward`:
-    DDP and the DeepSpeed engine prepare their gradient all-reduce there; an FSDP2-sharded
-    model gathers its root unit there) is called with ``logits_to_keep=1`` (one position's
-    logits, negligible) and ``output_hidden_states``, then scored the same way.
-    """
-    return policy_forward(model, input_ids, attention_mask, response_mask, chunk_size=chunk_size)[:4]
-
-
 def policy_forward(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
     *, chunk_size: int = 1024, hidden_layer: int = -1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`policy_logps` plus ``hidden_states[hidden_layer]`` (HF indexing; -1 = the last
-    hidden state after the final norm) of all rows: ``[N, T, H]``, from the same forward."""
-    hidden, states, head, config = model_hidden_states(model, input_ids, attention_mask,
-                                                       all_layers=hidden_layer != -1)
-    total, avg, n = sequence_logps(hidden, head, input_ids, response_mask, chunk_size=chunk_size,
-                                   logit_softcap=getattr(config, "final_logit_softcapping", None))
-    return total, avg, n, hidden, hidden if states is None else states[hidden_layer]
+) -> SequenceScores:
+    """:func:`~polyalign.training.forward.model_sequence_logps`, the FSDP2 units left gathered (the
+    trainer reshards after the whole loss)."""
+    return model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=chunk_size,
+                                hidden_layer=hidden_layer, reshard=False)
 
 
 def _with_variants(

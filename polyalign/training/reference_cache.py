@@ -32,7 +32,8 @@ import torch
 
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, text_fingerprint
-from polyalign.losses import model_sequence_logps, pool_hidden
+from polyalign.losses import pool_hidden
+from polyalign.training.forward import model_sequence_logps
 
 log = logging.getLogger("polyalign.training")
 
@@ -145,7 +146,7 @@ def compute_reference_values(
                 batch = collate_preference(examples, pad_token_id)
                 n = len(examples)
                 tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
-                total, avg, _, hidden = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
+                total, avg, _, hidden, _ = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
                 REFERENCE_FORWARD_CALLS += 1
                 values = {"ref_chosen_logps": total[:n], "ref_rejected_logps": total[n:],
                           "ref_chosen_avg_logps": avg[:n], "ref_rejected_avg_logps": avg[n:]}

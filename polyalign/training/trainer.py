@@ -28,8 +28,8 @@ import torch
 from transformers import Trainer
 
 from polyalign.data.collate import LengthGroupedSampler
-from polyalign.losses.logprobs import reshard_after_scoring
 from polyalign.training.callbacks import check_finite_loss
+from polyalign.training.forward import reshard_after_scoring
 from polyalign.training.mlc_term import should_apply
 from polyalign.training.mlc_policy import PolicyWithExtractor, extractor_from_state, split_state_dict
 from polyalign.training.objective import compute_objective

@@ -15,7 +15,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from polyalign.losses import model_sequence_logps, sequence_logps
+from polyalign.losses import sequence_logps
+from polyalign.training.forward import model_sequence_logps
 
 VOCAB = 97
 
@@ -89,7 +90,7 @@ def test_model_sequence_logps_matches_naive_float64(arch, chunk_size):
     model = _tiny(arch).double()
     input_ids, attention_mask, response_mask = _batch()
     ref_sum, ref_avg = _naive(model, input_ids, attention_mask, response_mask)
-    total, avg, n, last_hidden = model_sequence_logps(
+    total, avg, n, last_hidden, _ = model_sequence_logps(
         model, input_ids, attention_mask, response_mask, chunk_size=chunk_size
     )
     assert n.tolist() == [5, 4, 4]
@@ -101,7 +102,7 @@ def test_model_sequence_logps_matches_naive_float64(arch, chunk_size):
 def test_float32_model_close_to_float64_naive():
     model = _tiny("gemma2")
     input_ids, attention_mask, response_mask = _batch()
-    total, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=4)
+    total, _, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=4)
     assert total.dtype == torch.float32
     ref_sum, _ = _naive(model.double(), input_ids, attention_mask, response_mask)
     assert torch.allclose(total.double(), ref_sum, atol=1e-4, rtol=1e-6)
@@ -131,7 +132,7 @@ def test_gradients_match_naive(arch):
     naive_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
 
     model.zero_grad()
-    total, avg, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=5)
+    total, avg, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=5)
     ((total * weights).sum() + avg.sum()).backward()
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, naive_grads[name], atol=1e-9, rtol=1e-7), name
@@ -187,8 +188,8 @@ def test_no_grad_path_equals_grad_path():
     model = _tiny("qwen2")
     input_ids, attention_mask, response_mask = _batch()
     with torch.no_grad():
-        a, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=2)
-    b, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=2)
+        a, _, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=2)
+    b, _, _, _, _ = model_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size=2)
     assert b.requires_grad and not a.requires_grad
     assert torch.allclose(a, b.detach(), atol=0, rtol=0)
 
@@ -226,7 +227,7 @@ def test_peft_lora_model():
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
     lora = lora.double()
     input_ids, attention_mask, response_mask = _batch()
-    total, _, _, _ = model_sequence_logps(lora, input_ids, attention_mask, response_mask)
+    total, _, _, _, _ = model_sequence_logps(lora, input_ids, attention_mask, response_mask)
     ref_sum, _ = _naive(lora, input_ids, attention_mask, response_mask)
     with lora.disable_adapter():
         base_sum, _ = _naive(lora, input_ids, attention_mask, response_mask)

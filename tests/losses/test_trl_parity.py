@@ -13,8 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from polyalign.losses import dpo_loss, model_sequence_logps
+from polyalign.losses import dpo_loss
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
+from polyalign.training.forward import model_sequence_logps
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(g|is_g)radient_checkpointing.*:FutureWarning")
 
@@ -63,7 +64,7 @@ def trainer_and_batch(tmp_path_factory):
 
 def _our_logps(model, batch):
     with torch.no_grad():
-        total, _, n, _ = model_sequence_logps(
+        total, _, n, _, _ = model_sequence_logps(
             model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"].bool(), chunk_size=7
         )
     return total, n

@@ -35,9 +35,9 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from polyalign.data.collate import Collator
-from polyalign.losses.logprobs import model_hidden_states, reshard_after_scoring
 from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
+from polyalign.training.forward import model_hidden_states, reshard_after_scoring
 from polyalign.training.mlc_policy import MLCCollator, wrap_policy
 from polyalign.training.objective import compute_objective
 from polyalign.training.reference_cache import attach_values, compute_reference_values, needs_reference

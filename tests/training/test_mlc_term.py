@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from polyalign.data.variants import variant_batch
-from polyalign.losses import dpo_loss, model_sequence_logps, rank1_share
+from polyalign.losses import dpo_loss, rank1_share
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 from polyalign.training.extractor import MLCExtractor
+from polyalign.training.forward import model_sequence_logps
 from polyalign.training.mlc_term import (
     append_rows,
     encode_variants,

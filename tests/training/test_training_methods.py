@@ -163,8 +163,7 @@ def test_lora_saves_adapters_and_reference_disables_them(tiny_ckpt, pairs_file, 
 def test_ddp_wrapped_policy_scores_like_the_plain_model(tiny_ckpt, tmp_path):
     import torch.distributed as dist
 
-    from polyalign.losses import model_sequence_logps
-    from polyalign.training.objective import policy_logps
+    from polyalign.training.forward import model_sequence_logps
 
     model, _ = load_model_and_tokenizer(tiny_ckpt)
     ids = torch.tensor([[5, 40, 41, 42, 6, 50, 51, 2], [5, 43, 44, 6, 52, 2, 0, 0]])
@@ -176,7 +175,7 @@ def test_ddp_wrapped_policy_scores_like_the_plain_model(tiny_ckpt, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        got = policy_logps(wrapped, ids, attn, resp)
+        got = model_sequence_logps(wrapped, ids, attn, resp)
         got[0].sum().backward()
     finally:
         dist.destroy_process_group()

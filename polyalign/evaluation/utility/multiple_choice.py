@@ -119,7 +119,7 @@ def _length(request: Request) -> int:
 
 def _sequence_scorer() -> Any:
     try:
-        from polyalign.losses.logprobs import model_sequence_logps
+        from polyalign.training.forward import model_sequence_logps
     except ImportError:  # pragma: no cover - the losses package is part of polyalign
         model_sequence_logps = None
     return model_sequence_logps
@@ -133,7 +133,7 @@ def score_requests(model: Any, requests: Sequence[Request], *, batch_size: int =
     Sequences are ``context + continuation`` (longest first, right-padded, ``batch_size`` at
     a time); a sequence longer than ``max_length`` (default: the model's
     ``max_position_embeddings``) loses context tokens from the left, as lm-eval does. The
-    log-probs are computed by :func:`polyalign.losses.logprobs.model_sequence_logps`
+    log-probs are computed by :func:`polyalign.training.forward.model_sequence_logps`
     (response-only, chunked LM head, float32 softmax).
     """
     if batch_size < 1:
