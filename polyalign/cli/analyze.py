@@ -1,18 +1,18 @@
 """``polyalign analyze``: retrieval, collinearity, reward gap and toxic-neuron analyses.
 
-Each analysis loads one model (safetensors, no remote code), reads data through
-:mod:`polyalign.data.readers`, and writes one JSON file atomically:
+Each analysis loads one model (safetensors, no remote code), reads its inputs through
+:mod:`polyalign.analysis.inputs`, and writes one JSON file atomically:
 ``{"analysis", "settings", "model", "data", "result"}``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections import defaultdict
 from typing import Any
 
+from polyalign.data.readers import load_prompt_variants
 from polyalign.errors import UserError
+from polyalign.io import atomic_write_json, file_fingerprint
 
 
 def _csv(text: str) -> list[str]:
@@ -89,15 +89,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_neurons)
 
 
+# polyalign.analysis and polyalign.models import torch and transformers: imported inside each
+# command (lazily) so that every other ``polyalign`` subcommand starts without them.
 def _load(args: argparse.Namespace, path: str | None = None):
-    from polyalign.models import load_model_and_tokenizer
+    from polyalign.models import load_model_and_tokenizer  # lazy: torch (see above)
 
     return load_model_and_tokenizer(path or args.model, dtype=args.dtype, device=args.device)
 
 
 def _write(args: argparse.Namespace, analysis: str, data: dict[str, Any], result: dict[str, Any]) -> int:
-    from polyalign.io import atomic_write_json
-
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "out", "model", "command", "analysis")}
     atomic_write_json(args.out, {"analysis": analysis, "settings": settings, "model": args.model, "data": data,
                                  "result": result})
@@ -105,38 +105,10 @@ def _write(args: argparse.Namespace, analysis: str, data: dict[str, Any], result
     return 0
 
 
-def _fingerprint(path: str) -> str:
-    from polyalign.io import file_fingerprint
-
-    return file_fingerprint(path)
-
-
-def _read_json(path: str) -> Any:
-    from polyalign.io import read_text_strict
-
-    try:
-        return json.loads(read_text_strict(path))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from None
-
-
-def _transfer_values(path: str, metric: str | None) -> dict[str, float]:
-    from polyalign.analysis.reward_gap import per_language_metric
-
-    obj = _read_json(path)
-    if isinstance(obj, dict) and "metrics" in obj:
-        if not metric:
-            raise UserError("this is a results.json: pass --transfer-metric", file=path, field="transfer-metric")
-        return per_language_metric(obj, metric, file=path)
-    if not isinstance(obj, dict) or not all(isinstance(v, (int, float)) for v in obj.values()):
-        raise UserError("expected a JSON object {language: number}", file=path)
-    return {str(k): float(v) for k, v in obj.items()}
-
-
 def _retrieval(args: argparse.Namespace) -> int:
+    from polyalign.analysis.inputs import transfer_values  # lazy: torch (see above)
     from polyalign.analysis.retrieval import bilingual_retrieval, sentences_from_variants
     from polyalign.analysis.stats import correlate
-    from polyalign.data.readers import load_prompt_variants
 
     variants = load_prompt_variants(args.data, detect_language=False)
     languages = None if args.languages is None else list(dict.fromkeys([args.pivot, *args.languages]))
@@ -148,95 +120,59 @@ def _retrieval(args: argparse.Namespace) -> int:
     out["skipped_prompts"] = skipped
     if args.transfer:
         scores = {lang: v[args.score] for lang, v in result.averages.items()}
-        out["correlation"] = {"score": args.score, **correlate(scores, _transfer_values(args.transfer, args.transfer_metric))}
-    return _write(args, "retrieval", {"path": args.data, "fingerprint": _fingerprint(args.data)}, out)
+        out["correlation"] = {"score": args.score,
+                              **correlate(scores, transfer_values(args.transfer, args.transfer_metric))}
+    return _write(args, "retrieval", {"path": args.data, "fingerprint": file_fingerprint(args.data)}, out)
+
+
+def _subset(spec: str) -> tuple[str, list[str]]:
+    name, sep, langs = spec.partition("=")
+    if not sep or not name.strip():
+        raise UserError(f"expected NAME=L1,L2, got {spec!r}", field="subset")
+    return name.strip(), _csv(langs)
 
 
 def _collinearity(args: argparse.Namespace) -> int:
-    from polyalign.analysis.collinearity import collinearity
-    from polyalign.data.readers import load_prompt_variants
+    from polyalign.analysis.collinearity import collinearity  # lazy: torch (see above)
+    from polyalign.analysis.inputs import language_subsets
 
     variants = load_prompt_variants(args.data, detect_language=False)
-    subsets: dict[str, list[str]] = {}
-    if args.languages:
-        subsets["all"] = args.languages
-    else:
-        subsets["all"] = list(dict.fromkeys(lang for v in variants for lang in v.prompts))
-    for spec in args.subset or []:
-        name, sep, langs = spec.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"expected NAME=L1,L2, got {spec!r}", field="subset")
-        subsets[name.strip()] = _csv(langs)
+    subsets = language_subsets(variants, args.languages, dict(_subset(spec) for spec in args.subset or []))
     model, tokenizer = _load(args)
     result = collinearity(model, tokenizer, variants, subsets=subsets, layers=args.layers, batch_size=args.batch_size)
-    return _write(args, "collinearity", {"path": args.data, "fingerprint": _fingerprint(args.data)}, result.to_dict())
+    return _write(args, "collinearity", {"path": args.data, "fingerprint": file_fingerprint(args.data)},
+                  result.to_dict())
 
 
 def _reward_gap(args: argparse.Namespace) -> int:
-    from polyalign.analysis.reward_gap import (
-        correlate_gap_with_metric, pairs_from_records, per_language_metric, reward_gap,
-    )
-    from polyalign.data.readers import read_records
+    from polyalign.analysis.inputs import results_metric, reward_gap_pairs  # lazy: torch (see above)
+    from polyalign.analysis.reward_gap import correlate_gap_with_metric, reward_gap
 
-    read = read_records(args.data, language=args.language, detect_language=not args.no_detect_language)
-    try:
-        pairs = pairs_from_records(read.records)
-    except UserError as exc:
-        raise UserError(exc.message, file=args.data) from None
-    n_read = len(pairs)
-    if args.languages:
-        pairs = [p for p in pairs if p.language in args.languages]
-    if not pairs:
-        raise UserError("no preference pairs (after the language filter)", file=args.data)
+    data = reward_gap_pairs(args.data, language=args.language, detect_language=not args.no_detect_language,
+                            languages=args.languages)
     model, tokenizer = _load(args)
-    result = reward_gap(model, tokenizer, pairs, batch_size=args.batch_size, max_length=args.max_length)
+    result = reward_gap(model, tokenizer, data.pairs, batch_size=args.batch_size, max_length=args.max_length)
     out = result.to_dict()
-    out["counts"] = {"pairs_scored": len(pairs), "filtered_out_by_language": n_read - len(pairs),
-                     "skipped_by_reader": dict(read.skipped)}
+    out["counts"] = data.counts
     if args.results:
-        metric = per_language_metric(_read_json(args.results), args.metric, file=args.results)
-        out["correlation"] = {"metric": args.metric, **correlate_gap_with_metric(result, metric)}
-    return _write(args, "reward_gap", {"path": args.data, "format": read.format,
-                                       "fingerprint": _fingerprint(args.data)}, out)
-
-
-def _probe_data(path: str) -> tuple[list[str], list[int]]:
-    from polyalign.io import iter_jsonl
-
-    texts, labels = [], []
-    for line, obj in iter_jsonl(path):
-        text, label = obj.get("text"), obj.get("label")
-        if not isinstance(text, str) or not text.strip():
-            raise UserError("expected a non-empty string", file=path, line=line, field="text")
-        if label not in (0, 1, True, False):
-            raise UserError(f"expected 0 or 1, got {label!r}", file=path, line=line, field="label")
-        texts.append(text)
-        labels.append(int(label))
-    if not texts:
-        raise UserError("no rows", file=path)
-    return texts, labels
-
-
-def _texts_by_language(path: str) -> dict[str, list[str]]:
-    from polyalign.data.readers import load_eval_prompts
-
-    grouped: dict[str, list[str]] = defaultdict(list)
-    for prompt in load_eval_prompts(path, detect_language=False):
-        grouped[prompt.language].append(prompt.text)
-    return dict(grouped)
+        out["correlation"] = {"metric": args.metric,
+                              **correlate_gap_with_metric(result, results_metric(args.results, args.metric))}
+    return _write(args, "reward_gap", {"path": args.data, "format": data.format,
+                                       "fingerprint": file_fingerprint(args.data)}, out)
 
 
 def _neurons(args: argparse.Namespace) -> int:
+    from polyalign.analysis.inputs import probe_data, texts_by_language  # lazy: torch (see above)
     from polyalign.analysis.mlp_access import mlp_access
     from polyalign.analysis.neurons import activations_by_language, find_toxic_neurons, neuron_top_tokens
     from polyalign.analysis.probe import train_toxicity_probe
 
-    texts, labels = _probe_data(args.probe_data)
+    texts, labels = probe_data(args.probe_data)
     if args.toxic_prompts:
-        toxic = [t for group in _texts_by_language(args.toxic_prompts).values() for t in group]
+        toxic = [t for group in texts_by_language(args.toxic_prompts).values() for t in group]
     else:
         toxic = [t for t, y in zip(texts, labels) if y == 1]
-    by_language = _texts_by_language(args.texts) if args.texts else None
+    by_language = texts_by_language(args.texts) if args.texts else None
     model, tokenizer = _load(args)
     mlp_access(model)  # fail early on an unsupported architecture
     probe = train_toxicity_probe(model, tokenizer, texts, labels, method=args.probe_method,
@@ -249,7 +185,7 @@ def _neurons(args: argparse.Namespace) -> int:
         "n_kept": len(kept),
         "neurons": [{**n.to_dict(), "top_tokens": neuron_top_tokens(model, tokenizer, n, args.top_tokens)} for n in kept],
     }
-    data: dict[str, Any] = {"probe_data": args.probe_data, "probe_fingerprint": _fingerprint(args.probe_data)}
+    data: dict[str, Any] = {"probe_data": args.probe_data, "probe_fingerprint": file_fingerprint(args.probe_data)}
     if by_language is not None:
         data["texts"] = args.texts
         if not kept:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.benchmarks import _RTPLX_NAME, read_multijail, read_rtplx, read_xsafety
+from polyalign.data.formats.benchmarks import is_rtplx_file_name, read_multijail, read_rtplx, read_xsafety
 from polyalign.data.formats.canonical import read_canonical
 from polyalign.data.formats.common import first_object, is_blank, iter_csv, known_language, read_text
 from polyalign.data.formats.llamafactory import llamafactory_style, read_llamafactory
@@ -79,7 +79,7 @@ class ReadResult:
 
 def _detect_folder(path: Path) -> str:
     entries = list(path.iterdir())
-    if any(p.is_file() and _RTPLX_NAME.match(p.name) for p in entries):
+    if any(p.is_file() and is_rtplx_file_name(p.name) for p in entries):
         return "rtplx"
     if known_language(path.name) and any(p.suffix.lower() in XSAFETY_SUFFIXES for p in entries):
         return "xsafety"
@@ -134,7 +134,7 @@ def detect_format(path: str | Path) -> str:
         raise UserError("no such file or folder", file=path)
     if path.is_dir():
         return _detect_folder(path)
-    if _RTPLX_NAME.match(path.name):
+    if is_rtplx_file_name(path.name):
         return "rtplx"
     suffix = path.suffix.lower()
     if suffix == ".xlsx":

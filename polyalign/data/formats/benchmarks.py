@@ -28,6 +28,11 @@ _NO_INDEX = ("NA", "N/A", "")
 log = logging.getLogger("polyalign.data")
 
 
+def is_rtplx_file_name(name: str) -> bool:
+    """Whether ``name`` is an RTP-LX release file's name (``RTP_LX_<LOCALE>.json[l]``)."""
+    return _RTPLX_NAME.match(name) is not None
+
+
 def _is_language(name: str) -> bool:
     try:
         canonical_language(name)
