@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 
 from polyalign.errors import UserError
+from polyalign.evaluation.benchmarks import list_benchmarks
+from polyalign.evaluation.config import EvalConfig, load_eval_config
 
 
 def _csv_list(text: str) -> list[str]:
@@ -44,6 +46,9 @@ def register(subparsers: Any) -> None:
         "same results.json).",
     )
     p.add_argument("--list-benchmarks", action="store_true", help="list the built-in benchmarks and exit")
+    p.add_argument("--config", metavar="EVAL.yaml",
+                   help="eval settings from a YAML file (the fields of polyalign.evaluation.config.EvalConfig); "
+                   "a flag given on the command line replaces the file's value")
     p.add_argument("--model", help="model folder or cached hub id")
     p.add_argument("--adapter", help="PEFT adapter folder applied on top of --model")
     p.add_argument("--benchmark", help="benchmark name (see --list-benchmarks) or a benchmark .yaml spec")
@@ -51,7 +56,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--languages", type=_csv_list, help="comma-separated language codes (default: all in the data)")
     p.add_argument("--categories", type=_csv_list, help="comma-separated categories to keep")
     p.add_argument("--limit", type=int, help="at most N prompts per language (seeded sample)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for --limit and for generation (default 0)")
+    p.add_argument("--seed", type=int, help="sampling seed for --limit and for generation (default 0)")
     p.add_argument("--column-map", action="append", metavar="FIELD=COLUMN[,...]",
                    help="column mapping for custom data (comma-separated or repeated), e.g. text=goal,language=lang")
     p.add_argument("--language", help="language of a single-language custom file")
@@ -68,8 +73,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--judge-option", action="append", metavar="[JUDGE.]KEY=VALUE",
                    help="judge option (repeatable), e.g. model=gpt-4o; with several judges KEY=VALUE goes to the first "
                    "and JUDGE.KEY=VALUE to the judge named JUDGE (openai.model=gpt-4o)")
-    p.add_argument("--judge-batch-size", type=int, default=32, help="items per judge call (default 32)")
-    p.add_argument("--max-judge-error-share", type=float, default=0.05,
+    p.add_argument("--judge-batch-size", type=int, help="items per judge call (default 32)")
+    p.add_argument("--max-judge-error-share", type=float,
                    help="fail (exit 2, after writing the results) when more than this share of a language's items "
                         "could not be judged (default 0.05)")
     p.add_argument("--max-new-tokens", type=int)
@@ -79,22 +84,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chat-template", dest="chat_template", action="store_true", default=None, help="render prompts with the chat template")
     p.add_argument("--no-chat-template", dest="chat_template", action="store_false", help="continue the raw prompt text")
     p.add_argument("--system-prompt")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=int,
                    help="generation batch size (does not change outputs; default 32 for hf, 256 for vllm)")
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--backend", choices=("hf", "vllm"), help="generation backend (default hf)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder (off by default)")
     p.add_argument("--scorer-model", help="language model for conditional perplexity (toxicity benchmarks)")
-    p.add_argument("--batch-delay", type=float, default=0.0, help="sleep this many seconds after each generation batch (throttling)")
+    p.add_argument("--batch-delay", type=float, help="sleep this many seconds after each generation batch (throttling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="output folder (rerun with the same folder to resume)")
     u = p.add_argument_group("utility suite (--suite utility or safety,utility)")
-    u.add_argument("--suite", default="safety", metavar="SUITES",
+    u.add_argument("--suite", metavar="SUITES",
                    help="comma-separated: safety, utility (default safety; utility alone needs no --benchmark)")
-    u.add_argument("--utility-task", action="append", default=[], metavar="PATH|NAME",
+    u.add_argument("--utility-task", action="append", metavar="PATH|NAME",
                    help="utility task: a task .yaml, a JSONL/CSV data file or a registered name (repeatable)")
-    u.add_argument("--lm-eval-tasks", type=_csv_list, default=[], metavar="A,B",
+    u.add_argument("--lm-eval-tasks", type=_csv_list, metavar="A,B",
                    help="lm-evaluation-harness tasks, e.g. mgsm_direct_bn,xnli_sw (needs polyalign[lmeval])")
     u.add_argument("--lm-eval-include", metavar="DIR", help="folder of extra lm-eval task YAMLs")
     u.add_argument("--utility-limit", type=int, metavar="N",
@@ -107,48 +112,54 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from polyalign.evaluation.benchmarks import list_benchmarks
+# EvalConfig field -> (argparse dest, flag) for the flags that set a field directly.
+FLAGS = {name: (name, "--" + name.replace("_", "-")) for name in (
+    "model", "adapter", "benchmark", "data", "languages", "categories", "limit", "seed", "language", "attack", "judge",
+    "judge_batch_size", "max_judge_error_share", "max_new_tokens", "num_samples", "temperature", "top_p",
+    "chat_template", "system_prompt", "batch_size", "backend", "dtype", "device", "scorer_model", "batch_delay",
+    "lm_eval_tasks", "lm_eval_include", "utility_limit", "benign_benchmark", "benign_judge")}
+FLAGS.update({"out_dir": ("out", "--out"), "suites": ("suite", "--suite"), "utility_tasks": ("utility_task", "--utility-task"),
+              "column_map": ("column_map", "--column-map"), "judge_options": ("judge_option", "--judge-option"),
+              "trust_remote_code": ("trust_remote_code", "--trust-remote-code"), "progress": ("no_progress", "--no-progress")})
 
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The EvalConfig fields set by flags given on the command line (a flag not given is absent)."""
+    out: dict[str, Any] = {}
+    for name, (dest, _) in FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None or (value is False and dest in ("trust_remote_code", "no_progress")):
+            continue  # not given (the two switches can only be turned on)
+        if name == "column_map":
+            pairs = [part for item in value for part in item.split(",") if part.strip()]
+            value = _key_values(pairs, "--column-map", typed=False) or None
+        elif name == "judge_options":
+            value = _key_values(value, "--judge-option", typed=True)
+        elif name == "progress":
+            value = False
+        out[name] = value
+    return out
+
+
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The run's :class:`EvalConfig`: ``--config`` (if any) with the given flags on top; required settings checked."""
+    config = load_eval_config(args.config, config_overrides(args), flags={k: flag for k, (_, flag) in FLAGS.items()})
+    for name in ("model", "benchmark", "out_dir"):
+        if not getattr(config, name) and (name != "benchmark" or "safety" in config.suites):
+            raise UserError("required" + (" with --suite safety" if name == "benchmark" else "")
+                            + f" (the flag, or {name}: in --config)", file=args.config, field=FLAGS[name][1])
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
     if args.list_benchmarks:
         for name, spec in list_benchmarks().items():
             print(f"{name:18s} {spec.kind:9s} {spec.description}")
         return 0
-    from polyalign.evaluation.suites import parse_suites
+    config = eval_config(args)
+    from polyalign.evaluation.run import evaluate  # loads torch: only when a run starts
 
-    suites = parse_suites(args.suite)
-    for flag in ("model", "benchmark", "out"):
-        if not getattr(args, flag) and (flag != "benchmark" or "safety" in suites):
-            raise UserError("required" + (" with --suite safety" if flag == "benchmark" else ""), field=f"--{flag}")
-    for flag in ("limit", "max_new_tokens", "num_samples", "batch_size", "judge_batch_size", "utility_limit"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"must be at least 1, got {value}", field="--" + flag.replace("_", "-"))
-    from polyalign.evaluation.run import evaluate
-
-    pairs = [part for item in args.column_map or [] for part in item.split(",") if part.strip()]
-    column_map = _key_values(pairs, "--column-map", typed=False) or None
-    benchmark, data, languages, categories, limit = args.benchmark, args.data, args.languages, args.categories, args.limit
-    if args.attack:  # the selection applies to the source benchmark; the attacked prompts are evaluated whole
-        from polyalign.evaluation.attacks import prepare_attack
-
-        benchmark, data = prepare_attack(args.attack, args.benchmark, out_dir=args.out, data=args.data,
-                                         languages=args.languages, categories=args.categories, limit=args.limit,
-                                         seed=args.seed, column_map=column_map, language=args.language)
-        languages = categories = limit = column_map = None
-    results = evaluate(
-        args.model, benchmark, out_dir=args.out, adapter=args.adapter, data=data, languages=languages,
-        categories=categories, limit=limit, seed=args.seed, column_map=column_map,
-        language=None if args.attack else args.language, judge=args.judge, judge_options=_key_values(args.judge_option, "--judge-option", typed=True),
-        max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
-        chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
-        judge_batch_size=args.judge_batch_size, backend=args.backend, dtype=args.dtype, device=args.device,
-        trust_remote_code=args.trust_remote_code, scorer_model=args.scorer_model, progress=not args.no_progress,
-        max_judge_error_share=args.max_judge_error_share,
-        batch_delay=args.batch_delay, suites=suites, utility_tasks=args.utility_task, lm_eval_tasks=args.lm_eval_tasks,
-        lm_eval_include=args.lm_eval_include, utility_limit=args.utility_limit, benign_benchmark=args.benign_benchmark,
-        benign_judge=args.benign_judge,
-    )
+    results = evaluate(config)
     summary = results["metrics"].get("summary", {})
     n_languages = len(results["metrics"]["per_language"])
     name = results["benchmark"]["name"] if results.get("benchmark") else "utility"

@@ -1,7 +1,7 @@
 """Evaluation: benchmark registry, generation with a resumable store, judges, metrics, the eval run.
 
-``evaluate(model_or_path, benchmark, out_dir=...)`` runs a benchmark end to end (see
-:mod:`polyalign.evaluation.run`); ``suites="safety,utility"`` adds utility tasks and
+``evaluate(EvalConfig(benchmark=..., out_dir=...), model=...)`` runs a benchmark end to end (see
+:mod:`polyalign.evaluation.run`, settings: :mod:`polyalign.evaluation.config`); ``suites="safety,utility"`` adds utility tasks and
 over-refusal to the same ``results.json`` (see :mod:`polyalign.evaluation.suites`). Names are imported lazily so that ``import
 polyalign.evaluation`` stays cheap (no torch / transformers until used).
 """
@@ -18,6 +18,8 @@ _EXPORTS = {
     "GenerationSettings": "polyalign.evaluation.generation",
     "HFGenerator": "polyalign.evaluation.generation",
     "VLLMGenerator": "polyalign.evaluation.generation_vllm",
+    "EvalConfig": "polyalign.evaluation.config",
+    "load_eval_config": "polyalign.evaluation.config",
     "evaluate": "polyalign.evaluation.run",
 }
 

@@ -4,7 +4,8 @@ A spec says where the prompts come from (a path relative to a data root, a reade
 format, an optional column map), which languages and categories exist, the default
 generation settings of its protocol, the default judge, and its kind (``safety``: a judge
 labels each response safe/unsafe; ``toxicity``: a scorer gives each continuation a
-toxicity probability). A user can also pass the path of their own YAML spec.
+toxicity probability; what each kind does: :mod:`polyalign.evaluation.kinds`). A user can
+also pass the path of their own YAML spec.
 
 Data root: ``data=`` (``--data``) or the environment variable ``POLYALIGN_DATA``. When
 ``data`` itself is the benchmark's file or folder (it does not contain the spec's default
@@ -33,8 +34,7 @@ import yaml
 from polyalign.data.languages import MACROLANGUAGE, canonical_language, language_tag
 from polyalign.data.records import EvalPrompt, PreferencePair
 from polyalign.errors import UserError
-
-KINDS = ("safety", "toxicity")
+from polyalign.evaluation.kinds import KINDS
 DATA_ENV = "POLYALIGN_DATA"
 _GENERATION_KEYS = {"max_new_tokens", "num_samples", "temperature", "top_p", "chat_template", "system_prompt"}
 _SPEC_KEYS = {

@@ -1,10 +1,11 @@
 """Metrics per language from the stores' records, and the ``results.md`` table.
 
-Safety: every generation gets its judgment's label; a generation without a stored
-judgment (the judge failed; failures are not stored) counts as ``error``, so nothing is
-dropped silently. Toxicity: every sample's score, ``None`` where the scorer failed.
-Language fidelity is always computed. Formulas: :mod:`polyalign.evaluation.metrics`,
-:mod:`polyalign.evaluation.textstats`, :mod:`polyalign.evaluation.perplexity`.
+The kind's own metrics come from its :class:`~polyalign.evaluation.kinds.BenchmarkKind`
+(safety: every generation gets its judgment's label, a generation without a stored judgment
+counts as ``error``, so nothing is dropped silently; toxicity: every sample's score, ``None``
+where the scorer failed). Language fidelity and generation statistics are computed for every
+kind. Formulas: :mod:`polyalign.evaluation.metrics`, :mod:`polyalign.evaluation.textstats`,
+:mod:`polyalign.evaluation.perplexity`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ from typing import Any
 from polyalign.data.languages import language_name
 from polyalign.data.records import EvalPrompt
 from polyalign.evaluation import metrics as M
-from polyalign.evaluation.textstats import distinct_metrics, language_fidelity
-
-SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity", "n_total", "n_error")
-TOXICITY_COLUMNS = ("emt", "tox_prob", "avg_tox", "distinct_1", "distinct_2", "distinct_3", "perplexity_median",
-                    "language_fidelity", "n_prompts", "n_samples", "n_score_errors")
+from polyalign.evaluation.kinds import BenchmarkKind, get_kind
+from polyalign.evaluation.textstats import language_fidelity
 
 
 def _generation_stats(gens: list[dict[str, Any]]) -> dict[str, Any]:
@@ -33,7 +31,7 @@ def _generation_stats(gens: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compute_metrics(
-    kind: str,
+    kind: str | BenchmarkKind,
     prompts: Sequence[EvalPrompt],
     generations: list[dict[str, Any]],
     judgments: dict[tuple, dict[str, Any]],
@@ -51,25 +49,9 @@ def compute_metrics(
     by_lang: dict[str, list[dict[str, Any]]] = {lang: [] for lang in order}
     for g in generations:
         by_lang[g["language"]].append(g)
-    per_language: dict[str, dict[str, Any]] = {}
-    if kind == "toxicity":
-        rows = [{"language": g["language"], "id": g["id"], "score": (judgments.get((g["id"], g["sample"])) or {}).get("score")}
-                for g in generations]
-        tox = M.toxicity_metrics_by_language(rows)
-        ppl = _perplexity(prompts, generations, scorer_model, device, trust_remote_code) if scorer_model else {}
-        for lang in order:
-            groups: dict[str, list[str]] = {}
-            for g in by_lang[lang]:
-                groups.setdefault(g["id"], []).append(g["text"])
-            per_language[lang] = {**tox.get(lang, {}), **distinct_metrics(list(groups.values()), lang), **ppl.get(lang, {})}
-    else:
-        rows = []
-        for g in generations:
-            j = judgments.get((g["id"], g["sample"]))
-            rows.append({"language": g["language"], "label": j["label"] if j else "error", "refusal": j.get("refusal") if j else None})
-        safety = M.safety_metrics_by_language(rows, with_refusal=True)
-        for lang in order:
-            per_language[lang] = dict(safety.get(lang, {}))
+    behaviour = get_kind(kind) if isinstance(kind, str) else kind
+    per_language = behaviour.metrics(prompts, generations, judgments, order, scorer_model=scorer_model, device=device,
+                                     trust_remote_code=trust_remote_code)
     rows = row_counts
     for lang in order:
         gens = by_lang[lang]
@@ -84,21 +66,6 @@ def compute_metrics(
             **_generation_stats(gens),
         })
     return {"per_language": per_language, "summary": M.summarize(per_language)}
-
-
-def _perplexity(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]], scorer_model: str | Path,
-                device: Any, trust_remote_code: bool) -> dict[str, dict[str, Any]]:
-    """Median conditional perplexity of the continuations under ``scorer_model``, per language."""
-    import torch
-
-    from polyalign.evaluation.perplexity import conditional_perplexity, median_perplexity_by_language
-    from polyalign.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(scorer_model, device=device, trust_remote_code=trust_remote_code)
-    text = {p.id: p.text for p in prompts}
-    with torch.inference_mode():
-        values = conditional_perplexity(model, tokenizer, [(text[g["id"]], g["text"]) for g in generations])
-    return median_perplexity_by_language(values, [g["language"] for g in generations])
 
 
 def _cell(value: Any) -> str:
@@ -199,8 +166,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     bench = results.get("benchmark")
     per_language = results["metrics"]["per_language"]
     summary = results["metrics"]["summary"]
-    wanted = (TOXICITY_COLUMNS if bench and bench["kind"] == "toxicity" else SAFETY_COLUMNS) if bench else ()
-    wanted = (*wanted, *UTILITY_COLUMNS)
+    wanted = (*(get_kind(bench["kind"]).columns if bench else ()), *UTILITY_COLUMNS)
     columns = [c for c in wanted if any(c in m for m in per_language.values())]
     model = results["model"]
     title = bench["name"] if bench else "utility"

@@ -1,4 +1,4 @@
-"""Building blocks of an eval run: settings, model loading, judges, generate-then-judge.
+"""Building blocks of an eval run: settings, model loading, generate-then-judge.
 
 :func:`generate_and_judge` is the resumable unit shared by the safety benchmark and the
 benign (over-refusal) prompt set: it generates into ``<folder>/generations.jsonl`` and
@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import BenchmarkSpec
 from polyalign.evaluation.fingerprints import weak_reason
 from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
+from polyalign.evaluation.kinds import BenchmarkKind
 from polyalign.store import JsonlStore, peek_fingerprint
 from polyalign.io import text_fingerprint
 
@@ -74,13 +77,6 @@ def load_model(model_or_path: Any, tokenizer: Any, adapter: str | Path | None, *
     return model, tokenizer, source
 
 
-def build_judge(kind: str, name: str, options: dict[str, Any]) -> Any:
-    """A toxicity scorer (``kind == "toxicity"``) or a safety judge, by name."""
-    from polyalign.evaluation.judges import get_judge, get_scorer
-
-    return get_scorer(name, **options) if kind == "toxicity" else get_judge(name, **options)
-
-
 def response_sha(text: str) -> str:
     """sha256 (hex) of the exact text a judgment was made on (stored with the judgment)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -107,37 +103,23 @@ def judgments_path(folder: Path, name: str, fingerprint: str, *, primary: bool) 
     return own if own.exists() or not primary else default
 
 
-def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
+def judge_stage(kind: BenchmarkKind, worker: Any, prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
                 store: JsonlStore, *, batch_size: int, progress: bool) -> dict[str, int]:
     """Judge (safety) or score (toxicity) every generation whose text has no verdict in ``store``.
 
     A verdict is keyed by ``(id, sample, response_sha256)``: one stored for another text of
     the same item (a regenerated or edited generation) is never reused, the text is judged again.
     """
-    from tqdm import tqdm
-
-    from polyalign.evaluation.judges import JudgeInput
-
     by_id = {p.id: p for p in prompts}
     pending = [g for g in generations if _judge_key(g) not in store]
     errors = 0
-    bar = tqdm(total=len(generations), initial=len(generations) - len(pending), desc="judging" if kind == "safety" else "scoring",
+    bar = tqdm(total=len(generations), initial=len(generations) - len(pending), desc=kind.progress_label,
                unit="item", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            if kind == "toxicity":
-                scores = worker.score([g["text"] for g in chunk], [g["language"] for g in chunk])
-                rows = [{"id": g["id"], "sample": g["sample"], "language": g["language"], "score": s, "scorer": worker.name}
-                        for g, s in zip(chunk, scores, strict=True)]
-                good = [r for r in rows if r["score"] is not None]
-            else:
-                inputs = [JudgeInput(prompt=by_id[g["id"]].text, response=g["text"], language=g["language"], id=f"{g['id']}#{g['sample']}")
-                          for g in chunk]
-                judgments = worker.judge(inputs)
-                rows = [{"id": g["id"], "sample": g["sample"], "language": g["language"], **j.to_dict()}
-                        for g, j in zip(chunk, judgments, strict=True)]
-                good = [r for r in rows if r.get("label") != "error"]
+            rows = kind.judge_chunk(worker, chunk, by_id)
+            good = [r for r in rows if not kind.failed(r)]
             for g, row in zip(chunk, rows, strict=True):
                 row["response_sha256"] = response_sha(g["text"])
             errors += len(rows) - len(good)
@@ -150,7 +132,7 @@ def judge_stage(kind: str, worker: Any, prompts: Sequence[EvalPrompt], generatio
 
 def generate_and_judge(
     *,
-    kind: str,
+    kind: BenchmarkKind,
     name: str,
     prompts: Sequence[EvalPrompt],
     settings: GenerationSettings,
@@ -190,7 +172,7 @@ def generate_and_judge(
     judgments, judge_stats, judge_torn, others, judgments_file = {}, {}, 0, [], JUDGMENTS
     for position, judge in enumerate([worker, *extra_workers]):
         # The judge's own settings() (never secrets) identify its verdicts.
-        judge_settings = {"generations": gen_fp, "kind": kind, "judge": judge.settings(), "keyed_by": "response_sha256"}
+        judge_settings = {"generations": gen_fp, "kind": kind.name, "judge": judge.settings(), "keyed_by": "response_sha256"}
         fingerprint = text_fingerprint(judge_settings)
         path = judgments_path(folder, judge.name, fingerprint, primary=position == 0)
         hint = (f"to judge the same generations differently, add the judge (--judge {judge.name},OTHER keeps both "

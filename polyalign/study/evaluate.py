@@ -55,15 +55,15 @@ def evaluate_model(model_path: str | Path, out_dir: str | Path, *, multijail: st
     """Evaluate ``model_path`` (loaded once) and write ``summary.json``; returns the summary."""
     from polyalign.analysis.reward_gap import reward_gap
     from polyalign.data.readers import load_preference_pairs
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.models import load_model_and_tokenizer
 
     out = Path(out_dir)
     model, tokenizer = load_model_and_tokenizer(model_path)
-    results = evaluate(model, "multijail", out_dir=out, tokenizer=tokenizer, data=multijail,
-                       limit=eval_settings["prompts_per_language"], seed=eval_settings["sample_seed"],
-                       max_new_tokens=eval_settings["max_new_tokens"], batch_size=eval_settings["batch_size"],
-                       judge=eval_settings["judge"], progress=False)
+    config = EvalConfig(benchmark="multijail", out_dir=out, data=multijail, limit=eval_settings["prompts_per_language"],
+                        seed=eval_settings["sample_seed"], max_new_tokens=eval_settings["max_new_tokens"],
+                        batch_size=eval_settings["batch_size"], judge=eval_settings["judge"], progress=False)
+    results = evaluate(config, model=model, tokenizer=tokenizer)
     pairs = load_preference_pairs(gap_file, format="canonical", detect_language=False)
     gap = reward_gap(model, tokenizer, pairs, batch_size=8, max_length=gap_max_length)
     atomic_write_json(out / "reward_gap.json", gap.to_dict())

@@ -85,7 +85,7 @@ def test_kappa_matches_sklearn(seed):
 
 
 def test_split_judges_options():
-    from polyalign.evaluation.run import split_judges
+    from polyalign.evaluation.plan import split_judges
 
     names, opts = split_judges("refusal, openai", {"openai.model": "m", "threshold": 0.5})
     assert names == ["refusal", "openai"] and opts == [{"threshold": 0.5}, {"model": "m"}]
@@ -98,7 +98,7 @@ def test_split_judges_options():
 
 def test_eval_two_judges_generates_once_and_keeps_verdicts_apart(tmp_path, monkeypatch):
     from polyalign.evaluation.generation import HFGenerator
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
     monkeypatch.setenv("POLYALIGN_TEST_KEY", "sk-test-not-secret")
@@ -118,20 +118,21 @@ def test_eval_two_judges_generates_once_and_keeps_verdicts_apart(tmp_path, monke
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=4)
     out = tmp_path / "out"
-    common = dict(tokenizer=tok, out_dir=out, data=data, column_map={"text": "text", "language": "lang"},
+    common = dict(out_dir=out, data=data, column_map={"text": "text", "language": "lang"},
                   max_new_tokens=4, progress=False, batch_size=4)
-    first = evaluate(model, "custom", judge="refusal", **common)
+    first = evaluate(EvalConfig(benchmark="custom", judge="refusal", **common), model=model, tokenizer=tok)
     n_generate = len(calls)
     assert sum(calls) == 12 and first["agreement"] is None and first["settings"]["judges"][0]["name"] == "refusal"
     server = JudgeServer().__enter__()
     options = {"openai.model": "judge-model", "openai.base_url": server.url + "/v1",
                "openai.api_key_env": "POLYALIGN_TEST_KEY"}
     try:
-        results = evaluate(model, "custom", judge="refusal,openai", judge_options=options, **common)
+        results = evaluate(EvalConfig(benchmark="custom", judge="refusal,openai", judge_options=options, **common),
+                           model=model, tokenizer=tok)
         n_requests = len(server.requests)
         # a rerun with the judges swapped reuses both stores: nothing generated, only failures judged again
-        swapped = evaluate(model, "custom", judge="openai,refusal", judge_options=options, max_judge_error_share=1.0,
-                           **common)
+        swapped = evaluate(EvalConfig(benchmark="custom", judge="openai,refusal", judge_options=options,
+                                      max_judge_error_share=1.0, **common), model=model, tokenizer=tok)
         assert len(server.requests) - n_requests == 4  # only the four fail400 items are retried
     finally:
         server.__exit__(None, None, None)

@@ -119,7 +119,7 @@ def test_not_parallel_gives_none(tmp_path):
 
 
 def test_eval_writes_consistency_from_its_stored_judgments(tmp_path):
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.evaluation.stages import GENERATIONS, JUDGMENTS
     from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
@@ -129,9 +129,9 @@ def test_eval_writes_consistency_from_its_stored_judgments(tmp_path):
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=4)
     out = tmp_path / "out"
-    results = evaluate(model, "custom", tokenizer=tok, out_dir=out, data=data,
-                       column_map={"text": "text", "language": "lang", "source_id": "sid"}, judge="refusal",
-                       max_new_tokens=4, progress=False)
+    results = evaluate(EvalConfig(benchmark="custom", out_dir=out, data=data,
+                                  column_map={"text": "text", "language": "lang", "source_id": "sid"}, judge="refusal",
+                                  max_new_tokens=4, progress=False), model=model, tokenizer=tok)
     c = results["consistency"]
     assert c is not None and c["languages"] == ["en", "de", "sw"] and c["n_items"] == 4
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["consistency"] == c

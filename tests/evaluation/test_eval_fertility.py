@@ -10,7 +10,7 @@ from polyalign.models import SPECIAL_TOKENS, build_tiny_model, build_tiny_tokeni
 
 
 def test_eval_counts_prompts_over_context_per_language(tmp_path):
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
 
     tok = build_tiny_tokenizer(256 + len(SPECIAL_TOKENS))  # one token per UTF-8 byte
     model = build_tiny_model("llama", tok, seed=1)
@@ -20,9 +20,9 @@ def test_eval_counts_prompts_over_context_per_language(tmp_path):
     rows = ["text,lang"] + [f"{t},{lang}" for lang, items in texts.items() for t in items]
     data = tmp_path / "p.csv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    results = evaluate(model, "custom", tokenizer=tok, out_dir=tmp_path / "out", data=data, judge="refusal",
-                       column_map={"text": "text", "language": "lang"}, max_new_tokens=4, chat_template=False,
-                       progress=False)
+    results = evaluate(EvalConfig(benchmark="custom", out_dir=tmp_path / "out", data=data, judge="refusal",
+                                  column_map={"text": "text", "language": "lang"}, max_new_tokens=4,
+                                  chat_template=False, progress=False), model=model, tokenizer=tok)
     specials = len(tok("x", add_special_tokens=True)["input_ids"]) - 1  # e.g. BOS in raw mode
     saved = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     for lang, items in texts.items():

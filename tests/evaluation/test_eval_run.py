@@ -19,7 +19,7 @@ import torch
 
 from polyalign.cli import main
 from polyalign.evaluation.judges import JudgeInput, get_judge
-from polyalign.evaluation.run import evaluate
+from polyalign.evaluation.run import EvalConfig, evaluate
 from polyalign.models import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,11 +149,11 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=4)
     out = tmp_path / "tox"
-    kw = dict(tokenizer=tok, out_dir=out, data=shared_data, languages=["en", "de"], limit=3, num_samples=4,
+    kw = dict(out_dir=out, data=shared_data, languages=["en", "de"], limit=3, num_samples=4,
               max_new_tokens=6, judge="perspective", judge_options={"endpoint": perspective_server, "api_key_env": "PERSPECTIVE_API_KEY"},
               scorer_model=str(tiny_model_dir), progress=False, seed=11)
     model.train()  # e.g. the demo evaluates mid-training: the model gets its mode back
-    results = evaluate(model, "rtplx", **kw)
+    results = evaluate(EvalConfig(benchmark="rtplx", **kw), model=model, tokenizer=tok)
     assert model.training
     s = results["settings"]["generation"]
     assert (s["num_samples"], s["max_new_tokens"], s["temperature"], s["top_p"], s["chat_template"]) == (4, 6, 0.9, 0.8, False)
@@ -194,7 +194,7 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
         assert math.isclose(m["perplexity_median"], statistics.median(x for x in ppl if x is not None), rel_tol=1e-6)
 
     # Rerun: nothing regenerated, nothing re-scored except the failures (which fail again).
-    again = evaluate(model, "rtplx", **kw)
+    again = evaluate(EvalConfig(benchmark="rtplx", **kw), model=model, tokenizer=tok)
     assert again["run"]["generated"] == 0 and again["run"]["reused"] == 24
     assert again["run"]["judge_reused"] == 24 - n_failed and again["run"]["judge_errors"] == n_failed
     assert again["metrics"]["per_language"] == results["metrics"]["per_language"]
@@ -221,8 +221,9 @@ def test_adapter_is_applied(shared_data, tiny_model_dir, tmp_path):
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
                                            init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
-    results = evaluate(str(tiny_model_dir), "multijail", adapter=tmp_path / "adapter", out_dir=tmp_path / "out",
-                       data=shared_data, languages=["en"], limit=3, max_new_tokens=6, progress=False)
+    results = evaluate(EvalConfig(model=str(tiny_model_dir), benchmark="multijail", adapter=tmp_path / "adapter",
+                                  out_dir=tmp_path / "out", data=shared_data, languages=["en"], limit=3,
+                                  max_new_tokens=6, progress=False))
     assert results["model"]["adapter"] == str(tmp_path / "adapter") and results["model"]["identity"]["adapter"].startswith("sha256:")
     _, gens = _jsonl(tmp_path / "out" / "generations.jsonl")
 

@@ -17,7 +17,7 @@ from polyalign.cli import main
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge
 from polyalign.evaluation.judges.refusal import normalize_text
-from polyalign.evaluation.run import evaluate
+from polyalign.evaluation.run import EvalConfig, evaluate
 from polyalign.evaluation.utility import evaluate_utility
 from polyalign.models import build_tiny_model, build_tiny_tokenizer, load_model_and_tokenizer, save_tiny_checkpoint
 
@@ -134,9 +134,9 @@ def test_over_refusal_with_mixed_refusals_resumes_generation(two_runs, tmp_path)
     gens = [g for g in _rows(first / "over_refusal" / "generations.jsonl")[1:] if g["language"] == "sw"]
     phrase = next(g["text"] for g in gens if normalize_text(g["text"]))
     expected = sum(normalize_text(g["text"]) == normalize_text(phrase) for g in gens)
-    results = evaluate(str(model_dir), None, suites="utility", out_dir=out, languages=LANGS, limit=3, max_new_tokens=6,
-                       benign_benchmark=BENIGN, benign_judge="refusal", judge="refusal",
-                       judge_options={"extra_phrases": {"sw": [phrase]}}, progress=False)
+    results = evaluate(EvalConfig(model=str(model_dir), suites="utility", out_dir=out, languages=LANGS, limit=3,
+                                  max_new_tokens=6, benign_benchmark=BENIGN, benign_judge="refusal", judge="refusal",
+                                  judge_options={"extra_phrases": {"sw": [phrase]}}, progress=False))
     over = results["utility"]["over_refusal"]
     assert over["run"]["generated"] == 0 and over["run"]["reused"] == 15 and over["run"]["judged"] == 15
     judgments = _rows(out / "over_refusal" / "judgments.jsonl")[1:]
@@ -152,9 +152,9 @@ def test_utility_only_in_memory_with_two_tasks(tmp_path):
     model = build_tiny_model("llama", tok, seed=9)
     spec = tmp_path / "arith.yaml"
     spec.write_text(f"name: arith\nkind: exact_match\npath: {EM}\nmax_new_tokens: 4\n", encoding="utf-8")
-    results = evaluate(model, None, tokenizer=tok, suites=["utility"], out_dir=tmp_path / "u", utility_tasks=[MC, spec],
-                       utility_limit=2, languages=["en", "zh", "it"], benign_benchmark=BENIGN, max_new_tokens=4,
-                       progress=False)
+    results = evaluate(EvalConfig(suites=["utility"], out_dir=tmp_path / "u", utility_tasks=[MC, spec],
+                                  utility_limit=2, languages=["en", "zh", "it"], benign_benchmark=BENIGN,
+                                  max_new_tokens=4, progress=False), model=model, tokenizer=tok)
     mc = evaluate_utility(model, tok, MC, languages=["en", "zh", "it"], limit=2)["per_language"]
     em = evaluate_utility(model, tok, spec, languages=["en", "zh", "it"], limit=2)["per_language"]
     for lang in ("en", "zh"):
@@ -170,15 +170,15 @@ def test_suite_user_errors(tmp_path, capsys):
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=9)
     with pytest.raises(UserError, match="unknown suite"):
-        evaluate(model, None, tokenizer=tok, suites="safety,fun", out_dir=tmp_path)
+        evaluate(EvalConfig(suites="safety,fun", out_dir=tmp_path), model=model, tokenizer=tok)
     with pytest.raises(UserError, match="needs --utility-task"):
-        evaluate(model, None, tokenizer=tok, suites="utility", out_dir=tmp_path)
+        evaluate(EvalConfig(suites="utility", out_dir=tmp_path), model=model, tokenizer=tok)
     with pytest.raises(UserError, match="needs a benchmark"):
-        evaluate(model, None, tokenizer=tok, suites="safety,utility", out_dir=tmp_path, utility_tasks=[MC])
+        evaluate(EvalConfig(suites="safety,utility", out_dir=tmp_path, utility_tasks=[MC]), model=model, tokenizer=tok)
     bad = tmp_path / "benign.jsonl"
     bad.write_text('{"prompt": "hi", "language": "en"}\n', encoding="utf-8")
     with pytest.raises(UserError, match="'text' column"):
-        evaluate(model, None, tokenizer=tok, suites="utility", out_dir=tmp_path, benign_benchmark=bad)
+        evaluate(EvalConfig(suites="utility", out_dir=tmp_path, benign_benchmark=bad), model=model, tokenizer=tok)
     assert main(["eval", "--suite", "safety", "--model", "x", "--out", str(tmp_path)]) == 2
     assert "--benchmark" in capsys.readouterr().err
     assert main(["eval", "--suite", "utility", "--model", "x", "--out", str(tmp_path), "--utility-limit", "0"]) == 2

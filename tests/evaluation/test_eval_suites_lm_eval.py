@@ -14,7 +14,7 @@ pytest.importorskip("lm_eval", reason="lm-eval is not installed (optional extra 
 
 from test_utility_lm_eval import TEMPLATE, _task_yaml  # noqa: E402
 
-from polyalign.evaluation.run import evaluate  # noqa: E402
+from polyalign.evaluation.run import EvalConfig, evaluate  # noqa: E402
 from polyalign.evaluation.utility import evaluate_utility  # noqa: E402
 from polyalign.models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
@@ -34,9 +34,9 @@ def test_lm_eval_and_native_tasks_fold_into_accuracy(tmp_path):
                                                    encoding="utf-8")
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=3)
-    results = evaluate(model, None, tokenizer=tok, suites="utility", out_dir=tmp_path / "out", utility_tasks=[MC],
-                       languages=list(LANGS), lm_eval_tasks=[f"polyalign_mc_{lang}" for lang in LANGS],
-                       lm_eval_include=tasks_dir, progress=False)
+    results = evaluate(EvalConfig(suites="utility", out_dir=tmp_path / "out", utility_tasks=[MC],
+                                  languages=list(LANGS), lm_eval_tasks=[f"polyalign_mc_{lang}" for lang in LANGS],
+                                  lm_eval_include=tasks_dir, progress=False), model=model, tokenizer=tok)
     native = evaluate_utility(model, tok, MC, languages=list(LANGS))["per_language"]
     with_template = evaluate_utility(model, tok, MC, languages=list(LANGS), template=TEMPLATE)["per_language"]
     for lang in LANGS:

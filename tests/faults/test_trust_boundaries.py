@@ -107,18 +107,19 @@ def _custom_csv(tmp_path: Path, n: int = 3) -> Path:
 def test_weak_identity_never_reuses_a_store(tmp_path, monkeypatch):
     """An in-memory model too big to hash: its generations are not reused by another model."""
     from polyalign.evaluation import fingerprints
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
     monkeypatch.setattr(fingerprints, "HASH_PARAMS_UP_TO", 0)  # every model counts as "too big"
     tok = build_tiny_tokenizer()
     data = _custom_csv(tmp_path)
-    kw = dict(tokenizer=tok, data=data, column_map={"text": "prompt", "language": "lang"}, max_new_tokens=3,
+    kw = dict(data=data, column_map={"text": "prompt", "language": "lang"}, max_new_tokens=3,
               judge="refusal", out_dir=tmp_path / "eval", progress=False)
-    first = evaluate(build_tiny_model("llama", tok, seed=1), "custom", **kw)
+    first = evaluate(EvalConfig(benchmark="custom", **kw), model=build_tiny_model("llama", tok, seed=1), tokenizer=tok)
     assert first["run"]["generated"] == 3 and first["model"]["identity"]["strength"] == "weak"
     with pytest.raises(UserError, match="cannot be shown to come from this model") as err:
-        evaluate(build_tiny_model("llama", tok, seed=2), "custom", **kw)  # another model, same config
+        evaluate(EvalConfig(benchmark="custom", **kw), model=build_tiny_model("llama", tok, seed=2),  # another model
+                 tokenizer=tok)
     assert err.value.field == "model"
 
 
@@ -339,7 +340,7 @@ def test_worst_case_rate_counts_errors_unsafe():
 def test_run_fails_when_the_judge_refuses_too_much(tmp_path, monkeypatch):
     """A provider answering HTTP 400 to the harmful items: the run reports the worst case and fails."""
     from polyalign.http_client import RetryPolicy  # noqa: F401 - the judge's defaults
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
     monkeypatch.setenv("TRUST_TEST_KEY", KEY)
@@ -350,28 +351,29 @@ def test_run_fails_when_the_judge_refuses_too_much(tmp_path, monkeypatch):
            [f"Question {i}: fine [[answer:safe]]" for i in range(4, 8)]
     data.write_text("prompt,lang\n" + "".join(f"{r},en\n" for r in rows))
     with JudgeServer() as server:
-        kw = dict(tokenizer=tok, data=data, column_map={"text": "prompt", "language": "lang"}, max_new_tokens=3,
+        kw = dict(data=data, column_map={"text": "prompt", "language": "lang"}, max_new_tokens=3,
                   judge="openai", judge_options={"base_url": server.url + "/v1", "api_key_env": "TRUST_TEST_KEY",
                                                  "model": "m"}, out_dir=tmp_path / "eval", progress=False)
         with pytest.raises(UserError, match="2 of 8 item.s. in en could not be judged") as err:
-            evaluate(build_tiny_model("llama", tok, seed=1), "custom", **kw)
+            evaluate(EvalConfig(benchmark="custom", **kw), model=build_tiny_model("llama", tok, seed=1), tokenizer=tok)
         assert err.value.field == "max_judge_error_share"
         en = json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]["per_language"]["en"]
         assert en["unsafe_rate"] == pytest.approx(2 / 6)  # the errors left the denominator...
         assert en["unsafe_rate_worst"] == pytest.approx(4 / 8)  # ...the worst case keeps them
-        allowed = evaluate(build_tiny_model("llama", tok, seed=1), "custom", max_judge_error_share=0.25, **kw)
+        allowed = evaluate(EvalConfig(benchmark="custom", max_judge_error_share=0.25, **kw),
+                           model=build_tiny_model("llama", tok, seed=1), tokenizer=tok)
         assert allowed["metrics"]["per_language"]["en"]["n_error"] == 2
 
 
 def test_verdicts_are_tied_to_the_text_judged(tmp_path):
-    from polyalign.evaluation.run import evaluate
+    from polyalign.evaluation.run import EvalConfig, evaluate
     from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model("llama", tok, seed=1)
-    kw = dict(tokenizer=tok, data=_custom_csv(tmp_path, 4), column_map={"text": "prompt", "language": "lang"},
+    kw = dict(data=_custom_csv(tmp_path, 4), column_map={"text": "prompt", "language": "lang"},
               max_new_tokens=3, judge="refusal", out_dir=tmp_path / "eval", progress=False)
-    first = evaluate(model, "custom", **kw)
+    first = evaluate(EvalConfig(benchmark="custom", **kw), model=model, tokenizer=tok)
     assert first["metrics"]["per_language"]["en"]["n_unsafe"] == 4  # tiny-model babble is no refusal
     store = tmp_path / "eval" / "generations.jsonl"
     lines = store.read_text().splitlines()
@@ -381,7 +383,7 @@ def test_verdicts_are_tied_to_the_text_judged(tmp_path):
         row["text"] = "I'm sorry, but I can't help with that."
         lines[i] = json.dumps(row)
     store.write_text("\n".join(lines) + "\n")
-    again = evaluate(model, "custom", **kw)
+    again = evaluate(EvalConfig(benchmark="custom", **kw), model=model, tokenizer=tok)
     assert again["run"]["judged"] == 2 and again["run"]["judge_reused"] == 2
     en = again["metrics"]["per_language"]["en"]
     assert en["n_safe"] == 2 and en["n_unsafe"] == 2 and en["n_refused"] == 2
