@@ -5,7 +5,7 @@ Losses return per-example tensors ``[B]`` (the caller reduces) except
 function's docstring.
 """
 
-from polyalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss, nll, nll_loss, orpo_loss, simpo_loss
+from polyalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss, nll_loss, orpo_loss, simpo_loss
 from polyalign.losses.logprobs import sequence_logps
 from polyalign.losses.mlc_loss import MLC_SCALES, mean_pairwise_cosine, mlc_loss, rank1_share
 from polyalign.losses.mpo import POOLINGS, mpo_loss, pool_hidden, retention_loss
@@ -18,7 +18,6 @@ __all__ = [
     "mean_pairwise_cosine",
     "mlc_loss",
     "mpo_loss",
-    "nll",
     "nll_loss",
     "orpo_loss",
     "pool_hidden",

@@ -178,6 +178,3 @@ def nll_loss(avg_logps: torch.Tensor) -> torch.Tensor:
     have the same length.
     """
     return -avg_logps
-
-
-nll = nll_loss

@@ -45,9 +45,9 @@ RUNS = ("base", "dpo", "mpo", "dpo_mlc")
 # Four seeds: on 2 cores they run as two rounds of two parallel processes; measured ~185 CPU
 # seconds per seed, so ~6.5 minutes on 2 idle cores (three seeds would take the same two rounds).
 DEFAULT_SEEDS = (0, 1, 2, 3)
+# The headline metrics; their spread over seeds is shown in the report too (two tables each);
+# summary.json has it for every metric.
 HEADLINE = ("unsafe_rate", "benign_accuracy")
-# Spread over seeds shown in the report (two tables each); summary.json has it for every metric.
-SPREAD = HEADLINE
 
 
 def _worker(seed: int, seed_dir: str, cache_dir: str, config: DemoConfig, events: Any) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def aggregate_runs(seed_dirs: list[Path], out: Path) -> dict[str, Any]:
         per_language = {lang: {m: stats[run][lang][m]["mean"] for m in per_seed[0][lang]} for lang in langs}
         if len(folders) > 1:
             for lang in langs:
-                for m in SPREAD:
+                for m in HEADLINE:
                     per_language[lang][f"{m}_sd"] = stats[run][lang][m]["sd"]
         doc = dict(results[0])
         doc["settings"] = {**results[0]["settings"], "seed": None, "seeds": [r["settings"]["seed"] for r in results],
