@@ -164,29 +164,29 @@ _NULLS = ("", "null", "Null", "NULL", "~")
 def _typed(name: str, value: Any, node: yaml.Node | None) -> Any:
     """A YAML value checked against its field's type; text fields keep the text as written
     (``language: no`` is Norwegian, not YAML 1.1's False). Raises ``ValueError(message)``."""
-    kind = config_fields()[name].metadata["yaml"]
+    expected = config_fields()[name].metadata["yaml"]
     plain = isinstance(node, yaml.ScalarNode) and node.style is None
-    if value is None or (plain and node.value in _NULLS and kind != "str"):
+    if value is None or (plain and node.value in _NULLS and expected != "str"):
         return None
-    if kind == "str":
+    if expected == "str":
         if plain:
             return None if node.value in _NULLS[1:] else node.value
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"expected text, got {type(value).__name__}")
-    if kind == "bool":
+    if expected == "bool":
         if isinstance(value, bool):
             return value
         raise ValueError(f"expected true or false, got {value!r}")
-    if kind == "int":
+    if expected == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ValueError(f"expected a whole number, got {value!r}")
-    if kind == "float":
+    if expected == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ValueError(f"expected a number, got {value!r}")
-    if kind in ("list", "suites"):
+    if expected in ("list", "suites"):
         if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value):
             return [n.value for n in node.value]  # as written: [no, sv] are language codes
         if isinstance(value, str):

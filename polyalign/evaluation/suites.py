@@ -1,6 +1,7 @@
 """The utility suite of ``polyalign eval --suite safety,utility``.
 
-:func:`polyalign.evaluation.run.evaluate` loads the model once and, for ``utility``, runs:
+:func:`polyalign.evaluation.run.evaluate` loads the model once and, for ``utility``, runs
+(settings: :class:`polyalign.evaluation.config.EvalConfig`):
 
 - native utility tasks (:func:`polyalign.evaluation.utility.evaluate_utility`: log-likelihood
   multiple choice / greedy exact match; ``utility_tasks``: registered names, task YAMLs or
@@ -49,6 +50,7 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
+from polyalign.evaluation.kinds import get_kind
 from polyalign.evaluation.metrics import refusal_metrics, summarize
 
 SUITES = ("safety", "utility")
@@ -105,7 +107,7 @@ def resolve_benign(benign: str | Path, data: str | Path | None) -> tuple[Benchma
                                    column_map=_file_columns(path), description="benign prompts (over-refusal)")
         return spec, path
     spec = get_benchmark(str(benign))
-    if spec.kind != "safety":
+    if not get_kind(spec.kind).verdicts:
         raise UserError(f"benchmark {spec.name!r} is {spec.kind}; a benign set needs a judge with refusal flags",
                         field="benign_benchmark")
     return spec, resolve_data_path(spec, data)
