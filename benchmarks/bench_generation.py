@@ -11,6 +11,8 @@ At the real shapes (``common.SHAPES``) the model's vocabulary (49,152 / 262,144)
 the tiny tokenizer's, so most generated ids have no text: there ``decode`` writes the ids themselves,
 and the fingerprint and the per-token agreement compare token ids. The warm-up call there is the
 first two prompts only (a whole naive pass costs minutes), the same for both sides.
+``harness_plain``: the harness with grouped prefill off (one padded prefill inside ``generate``,
+the model's own cache): what the grouped prefill and static cache add.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from benchmarks import common
 
-IMPLS = ["harness", "naive"]
+IMPLS = ["harness", "naive", "harness_plain"]
 _WORDS = ["the", "river", "light", "stone", "garden", "quiet", "market", "north", "window", "paper", "winter",
           "signal", "bridge", "cloud", "letter", "morning", "engine", "forest", "silver", "harbor"]
 
@@ -49,6 +51,8 @@ def run(args: Any) -> dict[str, Any]:
         tok.decode = lambda ids, **_: " ".join(str(int(i)) for i in ids)
     settings = GenerationSettings(max_new_tokens=s["gen_new"], chat_template=False)
     generator = HFGenerator(model, tok, settings, **({"batch_size": s["gen_batch"]} if s["gen_batch"] else {}))
+    if args.impl == "harness_plain":  # the harness without grouped prefill: one padded prefill in generate
+        generator.grouped_prefill = False
     batch = generator.batch_size
     tasks = make_tasks(tok, _prompts(args.size), settings)
     eos = sorted(generator.eos_ids)
@@ -70,7 +74,7 @@ def run(args: Any) -> dict[str, Any]:
             out[task.prompt.id] = (tok.decode(kept, skip_special_tokens=True), len(kept))
         return out
 
-    fn = harness if args.impl == "harness" else naive
+    fn = naive if args.impl == "naive" else harness
     if shape:
         fn(tasks[:2])  # warm-up on two prompts (see the module docstring)
     common.reset_peak_rss()
@@ -79,7 +83,7 @@ def run(args: Any) -> dict[str, Any]:
     generated = sum(n for _, n in last.values())
     digest = hashlib.sha256("\n".join(f"{k}\t{last[k][0]}" for k in sorted(last)).encode()).hexdigest()[:16]
     result = {"bench": "generation", "prompts": len(tasks), "max_new_tokens": s["gen_new"], "batch_size": batch,
-              "grouped_prefill": generator.grouped_prefill,
+              "grouped_prefill": generator.grouped_prefill, "sliding_window": generator.sliding_window,
               "generated_tokens": generated, "tokens_per_s": generated / timing["median_s"], **timing,
               "outputs_sha": digest, "outputs": {k: last[k][0] for k in sorted(last)},
               "prompt_tokens": sum(len(t.input_ids) for t in tasks),

@@ -27,7 +27,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "mpo": ("bench_mpo", ["polyalign", "official", "polyalign_gc", "polyalign_gc_nonreentrant", "official_gc"]),
     "mlc": ("bench_mlc", ["dpo", "dpo_mlc"]),
     "mfu": ("bench_mfu", ["polyalign"]),
-    "generation": ("bench_generation", ["harness", "naive"]),
+    "generation": ("bench_generation", ["harness", "naive", "harness_plain"]),
 }
 PROFILED = {("dpo", "polyalign"), ("dpo", "trl"), ("mpo", "polyalign"), ("mpo", "official")}
 #: Targets per size (issue 19): name -> (op, threshold). The 58M ``report`` shape's MPO speed target
@@ -115,6 +115,16 @@ def _mpo_gc_summary(runs: dict[str, dict[str, Any]], dtype: str) -> dict[str, An
     return out
 
 
+def _plain_harness(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The harness with grouped prefill off (``harness_plain``) against the default harness and the naive loop."""
+    h, n, plain = runs["harness"], runs["naive"], runs.get("harness_plain")
+    if plain is None:
+        return {}
+    return {"speedup_grouped_vs_plain": h["tokens_per_s"] / plain["tokens_per_s"],
+            "plain_speedup_vs_naive": plain["tokens_per_s"] / n["tokens_per_s"],
+            "plain_same_outputs": plain["outputs_sha"] == n["outputs_sha"]}
+
+
 def _token_agreement(h: dict[str, Any], n: dict[str, Any]) -> dict[str, Any]:
     """Share of prompts whose greedy outputs are identical, when both runs kept their outputs."""
     if "outputs" not in h or "outputs" not in n:
@@ -160,7 +170,8 @@ def summarize(bench: str, runs: dict[str, dict[str, Any]], dtype: str) -> dict[s
         h, n = runs["harness"], runs["naive"]
         return {"speedup_vs_naive": h["tokens_per_s"] / n["tokens_per_s"],
                 "speedup_vs_naive_best": n["min_s"] / h["min_s"] * h["generated_tokens"] / n["generated_tokens"],
-                "same_outputs": h["outputs_sha"] == n["outputs_sha"], **_token_agreement(h, n)}
+                "same_outputs": h["outputs_sha"] == n["outputs_sha"], **_token_agreement(h, n),
+                **_plain_harness(runs)}
     raise ValueError(bench)
 
 

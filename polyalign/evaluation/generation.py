@@ -6,7 +6,7 @@ first) and cut into batches, so padding is small; every finished batch goes to t
 
 Hugging Face backend: left padding, ``model.generate(use_cache=True)`` (KV cache),
 decoding strips the prompt and special tokens. Greedy when ``temperature == 0``. Speed
-(decoder-only models whose cache layers are all full attention, e.g. Llama, Qwen-2):
+(decoder-only models with full-attention and sliding-window cache layers: Llama, Qwen-2, Gemma-2/3):
 
 - the prompts are prefilled in *groups* of similar length rather than as one padded batch
   (:func:`prefill_groups`: consecutive rows of the length-sorted batch, chosen to minimise
@@ -18,9 +18,11 @@ decoding strips the prompt and special tokens. Greedy when ``temperature == 0``.
   a third of a decode step at batch 16 on CPU). ``disable_compile`` keeps ``generate`` from
   compiling a new graph for each batch shape on GPUs.
 
-Other models (sliding-window layers, e.g. Gemma-2 and Gemma-3, whose static cache holds
-sliding layers that keep only the last ``sliding_window`` positions; encoder-decoders) take the
-plain path: one padded prefill inside ``generate`` with the model's own hybrid cache.
+Models with sliding-window layers (Gemma-2, Gemma-3's 5 sliding : 1 global) take the same path
+for a batch whose whole cache (prompt width + ``max_new_tokens``) fits the window: a static
+sliding layer that never fills keeps every position, exactly as a full-attention layer, and the
+window masks nothing. A batch longer than the window (and encoder-decoders) take the plain path:
+one padded prefill inside ``generate`` with the model's own hybrid cache.
 
 Determinism (HF backend). Greedy: the output depends only on the prompt (left padding
 with a correct attention mask and position ids; with eager attention batched and
@@ -45,7 +47,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, StaticCache
-from transformers.cache_utils import StaticLayer
+from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
@@ -221,12 +223,21 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 DEFAULT_BATCH_SIZE = 32
 
 
-def _full_attention_only(model: Any) -> bool:
-    """Whether every layer of the model's static cache is a plain full-attention ``StaticLayer``."""
+def _static_cache_window(model: Any) -> tuple[bool, int | None]:
+    """``(grouped prefill possible, smallest sliding window or None)`` from the model's static cache layers.
+
+    Possible when every layer is a full-attention ``StaticLayer`` or a ``StaticSlidingWindowLayer``
+    (the latter only for batches that fit its window, see the module docstring).
+    """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(config, "get_text_config"):
-        return False
-    return all(type(layer) is StaticLayer for layer in StaticCache(config=config, max_cache_len=1).layers)
+        return False, None
+    # Layers allocate lazily: a huge max_cache_len costs nothing and leaves each sliding layer at its window.
+    layers = StaticCache(config=config, max_cache_len=2**30).layers
+    if not all(type(layer) in (StaticLayer, StaticSlidingWindowLayer) for layer in layers):
+        return False, None
+    windows = [layer.max_cache_len for layer in layers if type(layer) is StaticSlidingWindowLayer]
+    return True, min(windows) if windows else None
 
 
 class HFGenerator:
@@ -244,7 +255,8 @@ class HFGenerator:
         if not self.eos_ids:
             raise UserError("the model has no eos token: generation could not stop", field="eos_token_id")
         #: Grouped prefill + static cache (module docstring); False = one padded prefill in ``generate``.
-        self.grouped_prefill = _full_attention_only(model)
+        #: ``sliding_window``: the model's smallest one (None: none); longer batches take the plain path.
+        self.grouped_prefill, self.sliding_window = _static_cache_window(model)
         #: Fixed cost of one prefill forward, in prompt tokens; None: by device (see ``_prefill``).
         self.prefill_overhead: int | None = None
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -305,7 +317,9 @@ class HFGenerator:
             input_ids[row, width - len(task.input_ids) :] = torch.tensor(task.input_ids)
             attention[row, width - len(task.input_ids) :] = 1
         s = self.settings
-        cache = self._prefill(input_ids, attention, [len(t.input_ids) for t in tasks]) if self.grouped_prefill else None
+        fits = self.sliding_window is None or width + s.max_new_tokens <= self.sliding_window
+        grouped = self.grouped_prefill and fits
+        cache = self._prefill(input_ids, attention, [len(t.input_ids) for t in tasks]) if grouped else None
         config = GenerationConfig(
             max_new_tokens=s.max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
             repetition_penalty=s.repetition_penalty, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),

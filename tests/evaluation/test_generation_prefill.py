@@ -18,10 +18,12 @@ from polyalign.evaluation.generation import (
     make_tasks,
     prefill_groups,
 )
+from polyalign import models
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
 from test_generation import TEXTS as GENERATION_TEXTS  # noqa: E402
 from test_generation import _prompts as prompts_of  # noqa: E402
+from test_generation import _reference_greedy  # noqa: E402
 
 # the generation tests' prompts (several scripts, a 1-token one) plus two short ones
 TEXTS = GENERATION_TEXTS + ["ok", "Two words"]
@@ -162,6 +164,73 @@ def test_greedy_outputs_do_not_depend_on_batch_size(tok, model):
         assert a == b
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_sliding_window_models_take_the_plain_path(tok, arch):
-    assert not HFGenerator(build_tiny_model(arch, tok), tok, GenerationSettings()).grouped_prefill
+def _windowed_gemma3(tok, monkeypatch, window: int, seed: int = 2):
+    """Tiny Gemma-3 (sliding and global layers alternating) with the given sliding window."""
+    monkeypatch.setattr(models, "GEMMA3_SLIDING_WINDOW", window)
+    model = build_tiny_model("gemma3", tok, seed=seed)
+    assert model.config.sliding_window == window and "sliding_attention" in model.config.layer_types
+    return model
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_sliding_window_batch_that_fits_takes_the_grouped_path(tok, monkeypatch, sample):
+    """Gemma-3's hybrid cache: a batch whose prompt width + new tokens fits the window is prefilled
+    group by group into a static cache; its outputs equal plain ``generate`` with the model's own cache
+    and, greedy, unpadded one-prompt-at-a-time decoding without any cache."""
+    model = _windowed_gemma3(tok, monkeypatch, window=64)
+    settings = GenerationSettings(max_new_tokens=8, chat_template=False,
+                                  **({"temperature": 0.8, "top_p": 0.9} if sample else {}))
+    tasks = make_tasks(tok, _prompts(), settings)
+    width = max(len(t.input_ids) for t in tasks)
+    assert width + settings.max_new_tokens <= 64 and len({len(t.input_ids) for t in tasks}) >= 4
+    plain = HFGenerator(model, tok, settings)
+    plain.grouped_prefill = False
+    expected = plain.generate_batch(tasks)
+    grouped = HFGenerator(model, tok, settings)
+    assert grouped.grouped_prefill and grouped.sliding_window == 64
+    calls = []
+    original = grouped._prefill
+    grouped._prefill = lambda *a: calls.append(1) or original(*a)
+    for overhead in (0, 6, 10**6):
+        grouped.prefill_overhead = overhead
+        assert grouped.generate_batch(tasks) == expected
+    assert len(calls) == 3
+    if not sample:
+        for task, record in zip(tasks, expected):
+            ref = _reference_greedy(model, list(task.input_ids), 8, eos=tok.eos_token_id)
+            assert record["text"] == tok.decode(ref, skip_special_tokens=True) and record["n_tokens"] == len(ref)
+    assert len({r["text"] for r in expected}) > 1
+
+
+def test_sliding_window_prefilled_cache_equals_unpadded_forward(tok, monkeypatch):
+    model = _windowed_gemma3(tok, monkeypatch, window=64, seed=3)
+    settings = GenerationSettings(max_new_tokens=5)
+    gen = HFGenerator(model, tok, settings)
+    gen.prefill_overhead = 6
+    tasks = make_tasks(tok, _prompts(), settings)
+    lengths = [len(t.input_ids) for t in tasks]
+    ids, mask, width = _left_padded(tasks, tok.pad_token_id)
+    cache = gen._prefill(ids, mask, lengths)
+    assert [type(layer).__name__ for layer in cache.layers[:2]] == ["StaticSlidingWindowLayer", "StaticLayer"]
+    with torch.no_grad():
+        for row, task in enumerate(tasks):
+            single = model(torch.tensor([task.input_ids[:-1]]), use_cache=True).past_key_values
+            start = width - len(task.input_ids)
+            for layer in range(model.config.num_hidden_layers):
+                got, ref = cache.layers[layer].keys, single.layers[layer].keys
+                assert torch.allclose(got[row, :, start : width - 1], ref[0], atol=1e-5)
+                assert not got[row, :, :start].any()
+
+
+def test_sliding_window_batch_longer_than_the_window_takes_the_plain_path(tok):
+    model = build_tiny_model("gemma3", tok, seed=1)  # window models.GEMMA3_SLIDING_WINDOW = 8
+    settings = GenerationSettings(max_new_tokens=6, chat_template=False)
+    gen = HFGenerator(model, tok, settings)
+    assert gen.grouped_prefill and gen.sliding_window == models.GEMMA3_SLIDING_WINDOW
+    gen._prefill = lambda *a: pytest.fail("a batch wider than the sliding window must not be prefilled in groups")
+    tasks = make_tasks(tok, _prompts(TEXTS[:4]), settings)
+    assert max(len(t.input_ids) for t in tasks) + 6 > models.GEMMA3_SLIDING_WINDOW
+    records = gen.generate_batch(tasks)
+    for task, record in zip(tasks, records):
+        ref = _reference_greedy(model, list(task.input_ids), 6, eos=tok.eos_token_id)
+        assert record["text"] == tok.decode(ref, skip_special_tokens=True)
