@@ -15,13 +15,8 @@ from tokenizers import AddedToken
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge
-from polyalign.evaluation.judges.qwen3guard import (
-    LEVELS,
-    Qwen3GuardJudge,
-    build_prompt,
-    judgment_from_output,
-    parse_output,
-)
+from polyalign.evaluation.judges.qwen3guard import Qwen3GuardJudge
+from polyalign.evaluation.judges.qwen3guard_format import LEVELS, build_prompt, judgment_from_output, parse_output
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"

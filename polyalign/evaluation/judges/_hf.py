@@ -1,4 +1,4 @@
-"""Shared transformers plumbing for generative guard models (Llama Guard, PolyGuard).
+"""Shared transformers plumbing for generative guard models (Llama Guard, PolyGuard, Qwen3Guard).
 
 Greedy generation on left-padded batches, returning the decoded continuations and the raw
 logits of the first generated position (before any logits processor), so a judge can turn
@@ -7,7 +7,7 @@ them into a probability with a float64 softmax over the whole vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
+from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
+from polyalign.models import load_model_and_tokenizer
 
 
 def resolve_model(
@@ -26,8 +28,6 @@ def resolve_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """``(model, tokenizer, name)`` from a folder / hub id (loaded offline) or objects."""
     if isinstance(model, (str, Path)):
-        from polyalign.models import load_model_and_tokenizer
-
         loaded, loaded_tok = load_model_and_tokenizer(model, dtype=dtype, device=device)
         return loaded, tokenizer or loaded_tok, str(model)
     if tokenizer is None:
@@ -37,81 +37,41 @@ def resolve_model(
     return model.eval(), tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
 
-# Private-use code points: a template passes them through, no text to judge contains them.
-_SLOTS = ("\ue000polyalign-untrusted-0\ue001", "\ue000polyalign-untrusted-1\ue001")
+class GenerativeGuard(Judge):
+    """A guard model that answers in text: encode each item, greedy-generate, read the answer.
 
-
-def added_token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The literal strings the tokenizer turns into added (special or control) token ids."""
-    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    return [t.content for t in decoder.values() if getattr(t, "content", "")]
-
-
-def encode_untrusted_prompt(tokenizer: PreTrainedTokenizerBase, render: Callable[[str, str], str],
-                            prompt: str, response: str) -> list[int]:
-    """Token ids of ``render(prompt, response)`` where the two untrusted texts can never
-    produce a special/control token id (a response writing ``<|eot_id|>`` must not end the
-    guard's turn).
-
-    The template's own text is tokenized as usual; when an untrusted text contains the
-    literal of an added token, the prompt is encoded in pieces and the untrusted pieces with
-    ``split_special_tokens=True``, so that literal becomes plain-text tokens. Texts without
-    such literals keep the whole-string encoding exactly (no boundary changes).
+    Subclasses set ``model``, ``tokenizer``, ``max_new_tokens``, ``batch_size`` and
+    ``max_input_tokens`` and implement :meth:`encode` and :meth:`read_answer`. An input longer
+    than ``max_input_tokens`` is a failed judgment (never generated, never safe).
     """
-    real = render(prompt, response)
-    literals = added_token_strings(tokenizer)
-    if not any(lit in text for lit in literals for text in (prompt, response)):
-        return tokenizer(real, add_special_tokens=False)["input_ids"]
-    marked = render(*_SLOTS)
-    if any(marked.count(slot) != 1 for slot in _SLOTS) or marked.index(_SLOTS[0]) > marked.index(_SLOTS[1]):
-        raise UserError("the guard's prompt template does not place the prompt and the response once each, in order",
-                        field="tokenizer")
-    for p_text, r_text in ((prompt, response), (prompt.strip(), response.strip())):
-        if marked.replace(_SLOTS[0], p_text).replace(_SLOTS[1], r_text) == real:
-            break
-    else:
-        raise UserError("the guard's prompt template changes the texts it embeds; cannot keep them apart from "
-                        "its control tokens", field="tokenizer")
-    head, rest = marked.split(_SLOTS[0])
-    middle, tail = rest.split(_SLOTS[1])
 
-    def plain(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    max_new_tokens: int
+    batch_size: int
+    max_input_tokens: int | None
 
-    def untrusted(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+    def encode(self, item: JudgeInput) -> list[int]:
+        raise NotImplementedError
 
-    return plain(head) + untrusted(p_text) + plain(middle) + untrusted(r_text) + plain(tail)
+    def read_answer(self, ids: list[int], text: str, first_logits: torch.Tensor) -> Judgment:
+        """The judgment from one generated answer (``first_logits``: raw logits ``[V]`` at its first position)."""
+        raise NotImplementedError
 
-
-def judge_fitting_inputs(
-    encoded: Sequence[list[int]],
-    max_input_tokens: int | None,
-    judge_name: str,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-) -> tuple[list[Any], list[tuple[int, str, torch.Tensor]]]:
-    """Greedy-generate for the inputs that fit ``max_input_tokens``; the rest fail as errors.
-
-    Returns ``(results, generated)``: ``results[i]`` is a failed :class:`Judgment` for an
-    input that is too long and ``None`` otherwise; ``generated`` holds ``(i, text,
-    first_logits)`` for every input that ran, so the judge fills in its ``None`` slots.
-    """
-    from polyalign.evaluation.judges.base import Judgment
-
-    results: list[Any] = [None] * len(encoded)
-    run = []
-    for i, ids in enumerate(encoded):
-        if max_input_tokens is not None and len(ids) > max_input_tokens:
-            results[i] = Judgment.failed(judge_name, f"input too long ({len(ids)} > {max_input_tokens} tokens)")
-        else:
-            run.append(i)
-    texts, firsts = generate_greedy(model, tokenizer, [encoded[i] for i in run],
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return results, list(zip(run, texts, firsts))
+    def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
+        encoded = [self.encode(item) for item in items]
+        results: list[Judgment | None] = [None] * len(encoded)
+        run = []
+        for i, ids in enumerate(encoded):
+            if self.max_input_tokens is not None and len(ids) > self.max_input_tokens:
+                results[i] = Judgment.failed(self.name, f"input too long ({len(ids)} > {self.max_input_tokens} tokens)")
+            else:
+                run.append(i)
+        texts, firsts = generate_greedy(self.model, self.tokenizer, [encoded[i] for i in run],
+                                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        for i, text, logits in zip(run, texts, firsts):
+            results[i] = self.read_answer(encoded[i], text, logits)
+        return [r for r in results if r is not None]
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -27,11 +27,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges.base import ToxicityScore, ToxicityScorer, check_languages
+from polyalign.models import NOT_LOCAL, pretrained_source
 
 
 def _load(path: str | Path, dtype: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from polyalign.models import NOT_LOCAL, pretrained_source
-
     where, local_only = pretrained_source(path)  # a mistyped folder is an error, never a download
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)

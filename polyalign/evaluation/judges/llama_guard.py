@@ -23,8 +23,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import encode_untrusted_prompt, judge_fitting_inputs, resolve_model
-from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
+from polyalign.evaluation.judges._hf import GenerativeGuard, resolve_model
+from polyalign.evaluation.judges.base import JudgeInput, Judgment
+from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
 
 # Hazard names as in the model card's taxonomy table (for reports).
 CATEGORY_NAMES: dict[str, str] = {
@@ -127,7 +128,7 @@ def unsafe_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(ids)
 
 
-class LlamaGuardJudge(Judge):
+class LlamaGuardJudge(GenerativeGuard):
     """Llama Guard 3 response judge; ``model``: folder / hub id (offline) or a model object."""
 
     name = "llama_guard"
@@ -181,23 +182,16 @@ class LlamaGuardJudge(Judge):
         """Token ids of :meth:`prompt_text` (the text carries its own begin-of-text token).
 
         The prompt and the response are untrusted: special-token text in them (``<|eot_id|>``)
-        is encoded as plain text (:func:`~polyalign.evaluation.judges._hf.encode_untrusted_prompt`).
+        is encoded as plain text (:mod:`polyalign.evaluation.judges.untrusted`).
         """
-        return encode_untrusted_prompt(self.tokenizer, self._render, item.prompt, item.response)
+        segments = render_segments(self.tokenizer, self._render, item.prompt, item.response)
+        return encode_segments(self.tokenizer, segments)
 
-    def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
-        encoded = [self.encode(item) for item in items]
-        results, generated = judge_fitting_inputs(encoded, self.max_input_tokens, self.name, self.model,
-                                                  self.tokenizer, max_new_tokens=self.max_new_tokens,
-                                                  batch_size=self.batch_size)
-        for i, text, logits in generated:
-            probs = torch.softmax(logits.double(), dim=-1)
-            score = float(probs[self.unsafe_ids].sum())
-            label, categories, flags = parse_output(text)
-            if label is None:
-                results[i] = Judgment(label="error", judge=self.name, score=score, raw=text,
-                                      error="unparseable Llama Guard output")
-            else:
-                results[i] = Judgment(label=label, judge=self.name, score=score, raw=text,
-                                      categories=categories, flags=flags)
-        return [r for r in results if r is not None]
+    def read_answer(self, ids: list[int], text: str, first_logits: torch.Tensor) -> Judgment:
+        probs = torch.softmax(first_logits.double(), dim=-1)
+        score = float(probs[self.unsafe_ids].sum())
+        label, categories, flags = parse_output(text)
+        if label is None:
+            return Judgment(label="error", judge=self.name, score=score, raw=text,
+                            error="unparseable Llama Guard output")
+        return Judgment(label=label, judge=self.name, score=score, raw=text, categories=categories, flags=flags)

@@ -27,8 +27,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import encode_untrusted_prompt, judge_fitting_inputs, resolve_model
-from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
+from polyalign.evaluation.judges._hf import GenerativeGuard, resolve_model
+from polyalign.evaluation.judges.base import JudgeInput, Judgment
+from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
 from polyalign.evaluation.judges.llama_guard import CATEGORY_NAMES, PROMPT_CATEGORY_NAMES
 
 SYSTEM_PROMPT = (
@@ -128,7 +129,7 @@ def judgment_from_output(text: str | None, judge: str = "polyguard") -> Judgment
                     refusal=parsed["response_refusal"], categories=categories, flags=flags, details=details)
 
 
-class PolyGuardJudge(Judge):
+class PolyGuardJudge(GenerativeGuard):
     """PolyGuard response judge; ``model``: folder / hub id (offline) or a model object."""
 
     name = "polyguard"
@@ -166,14 +167,9 @@ class PolyGuardJudge(Judge):
     def encode(self, item: JudgeInput) -> list[int]:
         """Token ids of :meth:`prompt_text`: special tokens come from the template only; the same
         text inside the untrusted prompt or response is plain text
-        (:func:`~polyalign.evaluation.judges._hf.encode_untrusted_prompt`)."""
-        return encode_untrusted_prompt(self.tokenizer, self._render, item.prompt, item.response)
+        (:mod:`polyalign.evaluation.judges.untrusted`)."""
+        segments = render_segments(self.tokenizer, self._render, item.prompt, item.response)
+        return encode_segments(self.tokenizer, segments)
 
-    def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
-        encoded = [self.encode(item) for item in items]
-        results, generated = judge_fitting_inputs(encoded, self.max_input_tokens, self.name, self.model,
-                                                  self.tokenizer, max_new_tokens=self.max_new_tokens,
-                                                  batch_size=self.batch_size)
-        for i, text, _ in generated:
-            results[i] = judgment_from_output(text, self.name)
-        return [r for r in results if r is not None]
+    def read_answer(self, ids: list[int], text: str, first_logits: torch.Tensor) -> Judgment:
+        return judgment_from_output(text, self.name)

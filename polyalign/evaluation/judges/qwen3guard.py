@@ -4,9 +4,10 @@ Prompt (model card, ``Qwen/Qwen3Guard-Gen-*`` chat template): one user turn hold
 task, the three-level safety policy, the category list (nine for prompts, the same without
 ``Jailbreak`` for responses), for responses also the refusal policy, then the conversation
 ``USER: {prompt}`` (``\\n\\nASSISTANT: {response}``) and the answer format, followed by an
-assistant turn with an empty ``<think>`` block. :func:`~polyalign.evaluation.judges.qwen3guard_format.build_prompt` writes it; when the
-tokenizer carries a Qwen3Guard chat template (it mentions ``BEGIN SAFETY POLICY``) that
-template renders it instead (``prompt_format="auto"``).
+assistant turn with an empty ``<think>`` block.
+:func:`~polyalign.evaluation.judges.qwen3guard_format.build_prompt` writes it; when the tokenizer
+carries a Qwen3Guard chat template (it mentions ``BEGIN SAFETY POLICY``) that template renders
+it instead (``prompt_format="auto"``).
 
 Output::
 
@@ -14,8 +15,9 @@ Output::
     Categories: None | Violent, PII, ...
     Refusal: Yes|No            (response moderation only)
 
-:func:`~polyalign.evaluation.judges.qwen3guard_format.parse_output` is strict: exactly one ``Safety:`` line whose value is one of the three
-levels (any case), else the judgment is ``error`` ("unparseable"), never safe.
+:func:`~polyalign.evaluation.judges.qwen3guard_format.parse_output` is strict: exactly one
+``Safety:`` line whose value is one of the three levels (any case), else the judgment is
+``error`` ("unparseable"), never safe.
 ``Controversial`` is kept as its own level in ``details["severity"]`` (flag
 ``controversial``) and mapped to the label ``unsafe`` or ``safe`` only by the
 ``controversial_as`` setting, which :meth:`Qwen3GuardJudge.settings` (and so
@@ -23,9 +25,10 @@ levels (any case), else the judgment is ``error`` ("unparseable"), never safe.
 
 Untrusted text (the prompt and the response) is encoded so that literal special-token text
 in it (``<|im_end|>``, ``<think>``, ...) stays text and never becomes a control token
-(:func:`~polyalign.evaluation.judges.qwen3guard_format.encode_segments`); for inputs without such text the ids equal the tokenizer's own
-encoding of the full prompt. ``level_scores=True`` adds the three levels' probabilities by
-forced decoding (:func:`level_probabilities`); ``score`` is then P(unsafe label).
+(:func:`~polyalign.evaluation.judges.untrusted.encode_segments`); for inputs without such text
+the ids equal the tokenizer's own encoding of the full prompt. ``level_scores=True`` adds the
+three levels' probabilities by forced decoding (:func:`level_probabilities`); ``score`` is then
+P(unsafe label).
 
 The OpenAI-compatible server variant (vLLM / SGLang serving the model) lives in
 :mod:`polyalign.evaluation.judges.qwen3guard_api`.
@@ -41,28 +44,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import judge_fitting_inputs, pad_token_id, resolve_model
-from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
+from polyalign.evaluation.judges._hf import GenerativeGuard, pad_token_id, resolve_model
+from polyalign.evaluation.judges.base import JudgeInput, Judgment
 from polyalign.evaluation.judges.qwen3guard_format import (
-    CONTROVERSIAL_AS,
     LEVELS,
-    MODES,
-    PROMPT_CATEGORIES,
-    RESPONSE_CATEGORIES,
-    added_tokens,
-    build_prompt,
     check_options,
-    encode_segments,
     has_qwen3guard_template,
     judgment_from_output,
-    parse_output,
     prompt_segments,
     template_segments,
 )
-
-__all__ = ["CONTROVERSIAL_AS", "LEVELS", "MODES", "PROMPT_CATEGORIES", "RESPONSE_CATEGORIES", "Qwen3GuardJudge",
-           "build_prompt", "check_options", "encode_segments", "has_qwen3guard_template", "judgment_from_output",
-           "level_probabilities", "parse_output", "prompt_segments", "template_segments"]
+from polyalign.evaluation.judges.untrusted import added_tokens, encode_segments
 
 
 @torch.no_grad()
@@ -90,7 +82,7 @@ def level_probabilities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return {level: float(p) for level, p in zip(LEVELS, probs)}
 
 
-class Qwen3GuardJudge(Judge):
+class Qwen3GuardJudge(GenerativeGuard):
     """Qwen3Guard-Gen judge run locally with transformers (``model``: folder / hub id, offline, or an object).
 
     ``moderate``: ``response`` (default; label = verdict on the response, ``refusal`` set)
@@ -156,17 +148,11 @@ class Qwen3GuardJudge(Judge):
         swapped = [JudgeInput(prompt=i.prompt, response=i.prompt, language=i.language, id=i.id) for i in items]
         return super().judge(swapped)
 
-    def _judge_batch(self, items: list[JudgeInput]) -> list[Judgment]:
-        encoded = [self.encode(item) for item in items]
-        results, generated = judge_fitting_inputs(encoded, self.max_input_tokens, self.name, self.model,
-                                                  self.tokenizer, max_new_tokens=self.max_new_tokens,
-                                                  batch_size=self.batch_size)
-        for i, text, _ in generated:
-            score, details = None, {}
-            if self.level_scores:
-                probs = level_probabilities(self.model, self.tokenizer, encoded[i])
-                details["level_probs"] = probs
-                score = probs["Unsafe"] + (probs["Controversial"] if self.controversial_as == "unsafe" else 0.0)
-            results[i] = judgment_from_output(text, judge=self.name, mode=self.moderate,
-                                              controversial_as=self.controversial_as, score=score, details=details)
-        return [r for r in results if r is not None]
+    def read_answer(self, ids: list[int], text: str, first_logits: torch.Tensor) -> Judgment:
+        score, details = None, {}
+        if self.level_scores:
+            probs = level_probabilities(self.model, self.tokenizer, ids)
+            details["level_probs"] = probs
+            score = probs["Unsafe"] + (probs["Controversial"] if self.controversial_as == "unsafe" else 0.0)
+        return judgment_from_output(text, judge=self.name, mode=self.moderate, controversial_as=self.controversial_as,
+                                    score=score, details=details)

@@ -1,4 +1,4 @@
-"""Qwen3Guard-Gen's prompt, its safe encoding and its strict output parser (no torch).
+"""Qwen3Guard-Gen's prompt (as untrusted-text segments) and its strict output parser (no torch).
 
 Shared by the local judge (:mod:`polyalign.evaluation.judges.qwen3guard`) and the served one
 (:mod:`polyalign.evaluation.judges.qwen3guard_api`); the format is described in the first.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from polyalign.errors import UserError
@@ -106,51 +105,6 @@ def template_segments(tokenizer: PreTrainedTokenizerBase, prompt: str, response:
             raise UserError("the Qwen3Guard chat template must render each message exactly once", field="tokenizer")
         out += [(before, False), (value, True)]
     return out + [(rendered, False)]
-
-
-def added_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    return {str(token.content if hasattr(token, "content") else token): int(i)
-            for i, token in tokenizer.added_tokens_decoder.items()}
-
-
-def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[tuple[str, bool]]) -> list[int]:
-    """Token ids of the joined segments; added-token text counts only in trusted segments.
-
-    Trusted pieces have their added tokens (``<|im_start|>``, ``<think>``...) extracted as
-    the tokenizer would; the text between them (trusted and untrusted alike) is encoded with
-    ``split_special_tokens=True``, and an added token the tokenizer still matches there (a
-    non-special one such as Qwen3's ``<think>``) is broken after its first character. Text
-    without added-token strings therefore gets exactly the tokenizer's own ids.
-    """
-    added = added_tokens(tokenizer)
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
-    ids: list[int] = []
-    plain = ""
-    for text, untrusted in segments:
-        if untrusted or pattern is None:
-            plain += text
-            continue
-        last = 0
-        for match in pattern.finditer(text):
-            ids += _encode_plain(tokenizer, plain + text[last:match.start()], pattern, set(added.values()))
-            ids.append(added[match.group(0)])
-            plain, last = "", match.end()
-        plain += text[last:]
-    return ids + _encode_plain(tokenizer, plain, pattern, set(added.values()))
-
-
-def _encode_plain(tokenizer: PreTrainedTokenizerBase, text: str, pattern: re.Pattern[str] | None,
-                  added_ids: set[int]) -> list[int]:
-    out: list[int] = []
-    while text:
-        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        match = pattern.search(text) if pattern is not None else None
-        if match is None or not added_ids.intersection(ids):
-            return out + ids
-        # Split inside the literal token text: "<" | "think>..." can no longer match it.
-        out += tokenizer(text[:match.start() + 1], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        text = text[match.start() + 1:]
-    return out
 
 
 _SAFETY = re.compile(r"^safety\s*:\s*(.*?)\s*$", re.IGNORECASE)
