@@ -1,4 +1,9 @@
-"""``polyalign eval``: generate, judge and score a model on a benchmark (resumable), and its utility."""
+"""``polyalign eval``: generate, judge and score a model on a benchmark (resumable), and its utility.
+
+The flags fill an :class:`~polyalign.evaluation.config.EvalConfig` (``--config EVAL.yaml`` first, then
+each flag given on the command line replaces the file's value) and the run is
+:func:`polyalign.evaluation.run.evaluate` of that config: the command line and the Python API run the same.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="model folder or cached hub id")
     p.add_argument("--adapter", help="PEFT adapter folder applied on top of --model")
     p.add_argument("--benchmark", help="benchmark name (see --list-benchmarks) or a benchmark .yaml spec")
-    p.add_argument("--data", help="data root holding the benchmark's default path (or the data file itself); default $POLYALIGN_DATA")
+    p.add_argument("--data", help="data root holding the benchmark's default path (or the data file itself); "
+                   "default $POLYALIGN_DATA")
     p.add_argument("--languages", type=_csv_list, help="comma-separated language codes (default: all in the data)")
     p.add_argument("--categories", type=_csv_list, help="comma-separated categories to keep")
     p.add_argument("--limit", type=int, help="at most N prompts per language (seeded sample)")
@@ -61,15 +67,16 @@ def register(subparsers: Any) -> None:
                    help="column mapping for custom data (comma-separated or repeated), e.g. text=goal,language=lang")
     p.add_argument("--language", help="language of a single-language custom file")
     p.add_argument("--attack", metavar="ATTACK",
-                   help="evaluate attacked prompts instead: code-switch[:POLICY.yaml][key=value,...] (CSRT-style mixing "
-                   "of the benchmark's parallel languages), jailbreak[:TEMPLATES.yaml] or translate:LANG[model=FOLDER,family=nllb|"
-                   "m2m100|marian,source=en] / translate:LANG[translator=FILE.yaml] (machine translation through the "
+                   help="evaluate attacked prompts instead: code-switch[:POLICY.yaml][key=value,...] (CSRT-style "
+                   "mixing of the benchmark's parallel languages), jailbreak[:TEMPLATES.yaml] or "
+                   "translate:LANG[model=FOLDER,family=nllb|m2m100|marian,source=en] / "
+                   "translate:LANG[translator=FILE.yaml] (machine translation through the "
                    "data-build translators and cache); written to OUT/attack_prompts.jsonl")
     p.add_argument("--judge", help="judge (safety) or toxicity scorer name; default: the benchmark's. Several safety "
                    "judges, comma-separated (refusal,openai), judge the same generations (generated once; each judge's "
                    "verdicts in its own file): the first gives the metrics, results.json 'agreement' compares them "
-                   "(Cohen's kappa and confusion matrix per language). Rerun an out folder with an added judge to judge "
-                   "its stored generations")
+                   "(Cohen's kappa and confusion matrix per language). Rerun an out folder with an added judge to "
+                   "judge its stored generations")
     p.add_argument("--judge-option", action="append", metavar="[JUDGE.]KEY=VALUE",
                    help="judge option (repeatable), e.g. model=gpt-4o; with several judges KEY=VALUE goes to the first "
                    "and JUDGE.KEY=VALUE to the judge named JUDGE (openai.model=gpt-4o)")
@@ -81,15 +88,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-samples", type=int, help="samples per prompt (needs --temperature > 0)")
     p.add_argument("--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-p", type=float)
-    p.add_argument("--chat-template", dest="chat_template", action="store_true", default=None, help="render prompts with the chat template")
-    p.add_argument("--no-chat-template", dest="chat_template", action="store_false", help="continue the raw prompt text")
+    p.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
+                   help="render prompts with the chat template")
+    p.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                   help="continue the raw prompt text")
     p.add_argument("--system-prompt")
     p.add_argument("--batch-size", type=int,
                    help="generation batch size (does not change outputs; default 32 for hf, 256 for vllm)")
     p.add_argument("--backend", choices=("hf", "vllm"), help="generation backend (default hf)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder (off by default)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the model folder (off by default)")
     p.add_argument("--scorer-model", help="language model for conditional perplexity (toxicity benchmarks)")
     p.add_argument("--batch-delay", type=float, help="sleep this many seconds after each generation batch (throttling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -118,9 +128,11 @@ FLAGS = {name: (name, "--" + name.replace("_", "-")) for name in (
     "judge_batch_size", "max_judge_error_share", "max_new_tokens", "num_samples", "temperature", "top_p",
     "chat_template", "system_prompt", "batch_size", "backend", "dtype", "device", "scorer_model", "batch_delay",
     "lm_eval_tasks", "lm_eval_include", "utility_limit", "benign_benchmark", "benign_judge")}
-FLAGS.update({"out_dir": ("out", "--out"), "suites": ("suite", "--suite"), "utility_tasks": ("utility_task", "--utility-task"),
-              "column_map": ("column_map", "--column-map"), "judge_options": ("judge_option", "--judge-option"),
-              "trust_remote_code": ("trust_remote_code", "--trust-remote-code"), "progress": ("no_progress", "--no-progress")})
+FLAGS.update({"out_dir": ("out", "--out"), "suites": ("suite", "--suite"),
+              "utility_tasks": ("utility_task", "--utility-task"), "column_map": ("column_map", "--column-map"),
+              "judge_options": ("judge_option", "--judge-option"),
+              "trust_remote_code": ("trust_remote_code", "--trust-remote-code"),
+              "progress": ("no_progress", "--no-progress")})
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

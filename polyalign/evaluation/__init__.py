@@ -1,9 +1,10 @@
 """Evaluation: benchmark registry, generation with a resumable store, judges, metrics, the eval run.
 
 ``evaluate(EvalConfig(benchmark=..., out_dir=...), model=...)`` runs a benchmark end to end (see
-:mod:`polyalign.evaluation.run`, settings: :mod:`polyalign.evaluation.config`); ``suites="safety,utility"`` adds utility tasks and
-over-refusal to the same ``results.json`` (see :mod:`polyalign.evaluation.suites`). Names are imported lazily so that ``import
-polyalign.evaluation`` stays cheap (no torch / transformers until used).
+:mod:`polyalign.evaluation.run`; settings: :mod:`polyalign.evaluation.config`); ``suites="safety,utility"``
+adds utility tasks and over-refusal to the same ``results.json`` (see :mod:`polyalign.evaluation.suites`).
+Names are imported lazily so that ``import polyalign.evaluation`` stays cheap (no torch / transformers
+until used).
 """
 
 from __future__ import annotations

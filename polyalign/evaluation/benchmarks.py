@@ -65,7 +65,8 @@ class BenchmarkSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["aliases"], out["languages"], out["categories"] = list(self.aliases), list(self.languages), list(self.categories)
+        out["aliases"], out["languages"] = list(self.aliases), list(self.languages)
+        out["categories"] = list(self.categories)
         return out
 
 
@@ -74,7 +75,8 @@ def _parse_spec(data: Any, file: str) -> BenchmarkSpec:
         raise UserError("a benchmark spec must be a YAML mapping", file=file)
     unknown = set(data) - _SPEC_KEYS
     if unknown:
-        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}", file=file, field=sorted(unknown)[0])
+        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}",
+                        file=file, field=sorted(unknown)[0])
     for key in ("name", "kind", "format"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise UserError("required string", file=file, field=key)
@@ -90,7 +92,8 @@ def _parse_spec(data: Any, file: str) -> BenchmarkSpec:
     except ValueError as exc:
         raise UserError(str(exc), file=file, field="languages") from None
     column_map = data.get("column_map")
-    if column_map is not None and not (isinstance(column_map, dict) and all(isinstance(v, str) for v in column_map.values())):
+    if column_map is not None and not (isinstance(column_map, dict)
+                                       and all(isinstance(v, str) for v in column_map.values())):
         raise UserError("column_map must map field names to column names", file=file, field="column_map")
     return BenchmarkSpec(
         name=data["name"], kind=data["kind"], format=data["format"], path=data.get("path"),
@@ -107,7 +110,8 @@ def _load_yaml(text: str, file: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=file, line=mark.line + 1 if mark else None) from None
+        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=file,
+                        line=mark.line + 1 if mark else None) from None
 
 
 def list_benchmarks() -> dict[str, BenchmarkSpec]:
@@ -116,7 +120,8 @@ def list_benchmarks() -> dict[str, BenchmarkSpec]:
     folder = resources.files("polyalign.evaluation").joinpath("benchmarks")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            spec = _parse_spec(_load_yaml(entry.read_text(encoding="utf-8"), entry.name), f"polyalign/evaluation/benchmarks/{entry.name}")
+            spec = _parse_spec(_load_yaml(entry.read_text(encoding="utf-8"), entry.name),
+                               f"polyalign/evaluation/benchmarks/{entry.name}")
             specs[spec.name] = spec
     return specs
 
@@ -135,7 +140,8 @@ def get_benchmark(name_or_path: str | BenchmarkSpec) -> BenchmarkSpec:
     for spec in specs.values():
         if key.lower() == spec.name or key.lower() in spec.aliases:
             return spec
-    raise UserError(f"unknown benchmark {key!r}; known: {', '.join(sorted(specs))} (or a path to a .yaml spec)", field="benchmark")
+    raise UserError(f"unknown benchmark {key!r}; known: {', '.join(sorted(specs))} (or a path to a .yaml spec)",
+                    field="benchmark")
 
 
 def resolve_data_path(spec: BenchmarkSpec, data: str | Path | None) -> Path:
@@ -143,7 +149,8 @@ def resolve_data_path(spec: BenchmarkSpec, data: str | Path | None) -> Path:
     root = data if data is not None else os.environ.get(DATA_ENV)
     if root is None or str(root) == "":
         hint = f"a data root containing {spec.path}" if spec.path else "the prompt file"
-        raise UserError(f"benchmark {spec.name!r} needs its data: pass --data with {hint}, or set {DATA_ENV}", field="data")
+        raise UserError(f"benchmark {spec.name!r} needs its data: pass --data with {hint}, or set {DATA_ENV}",
+                        field="data")
     root = Path(root).expanduser()
     if spec.path:
         candidate = root / spec.path
@@ -154,7 +161,8 @@ def resolve_data_path(spec: BenchmarkSpec, data: str | Path | None) -> Path:
     # A folder given directly is the data only for folder formats (XSafety, RTP-LX): a
     # file-format benchmark (default path with a suffix) pointed at an unrelated folder is an error.
     if spec.path and root.is_dir() and Path(spec.path).suffix:
-        raise UserError(f"benchmark {spec.name!r}: neither {spec.path} below this folder nor the data itself", file=root, field="data")
+        raise UserError(f"benchmark {spec.name!r}: neither {spec.path} below this folder nor the data itself",
+                        file=root, field="data")
     return root
 
 
@@ -179,7 +187,8 @@ def sample_rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
-def _reader_kwargs(spec: BenchmarkSpec, path: Path, column_map: dict[str, str] | None, language: str | None) -> tuple[str | None, dict[str, Any]]:
+def _reader_kwargs(spec: BenchmarkSpec, path: Path, column_map: dict[str, str] | None,
+                   language: str | None) -> tuple[str | None, dict[str, Any]]:
     fmt: str | None = spec.format
     if fmt == "auto":
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
@@ -253,13 +262,15 @@ def read_benchmark(spec: BenchmarkSpec, path: Path, *, column_map: dict[str, str
     result = read_records(path, fmt, **kw)
     skipped = {str(k): int(v) for k, v in result.skipped.items()}
     if skipped:
-        print(f"polyalign: {path}: skipped {sum(skipped.values())} row(s) ({', '.join(f'{k}: {v}' for k, v in skipped.items())}); "
+        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+        print(f"polyalign: {path}: skipped {sum(skipped.values())} row(s) ({reasons}); "
               f"first problem: {result.problems[0] if result.problems else '?'}", file=sys.stderr)
     prompts = [r for r in result.records if isinstance(r, EvalPrompt)]
     pairs = [r for r in result.records if isinstance(r, PreferencePair)]
     others = len(result.records) - len(prompts) - len(pairs)
     if others:
-        raise UserError(f"benchmark {spec.name!r}: this {result.format} data holds records that are not prompts", file=path)
+        raise UserError(f"benchmark {spec.name!r}: this {result.format} data holds records that are not prompts",
+                        file=path)
     rows = result.tally.to_dict()
     prompts += _variants_to_prompts(pairs, spec.name)
     prompts = [p if p.benchmark == spec.name else dataclasses.replace(p, benchmark=spec.name) for p in prompts]
@@ -309,7 +320,8 @@ def select_prompts(spec: BenchmarkSpec, path: Path, prompts: list[EvalPrompt], *
             hints = [f"{code} is inside {MACROLANGUAGE[code]}" for code in missing
                      if MACROLANGUAGE.get(code) in present]
             hint = f" ({'; '.join(hints)}: ask for {MACROLANGUAGE[missing[0]]})" if hints else ""
-            raise UserError(f"language(s) {', '.join(missing)} not in {spec.name} data; available: {', '.join(present)}{hint}", file=path, field="languages")
+            raise UserError(f"language(s) {', '.join(missing)} not in {spec.name} data; "
+                            f"available: {', '.join(present)}{hint}", file=path, field="languages")
         keep = set(wanted)
         prompts = [p for p in prompts if p.language in keep]
     if categories:
@@ -317,12 +329,14 @@ def select_prompts(spec: BenchmarkSpec, path: Path, prompts: list[EvalPrompt], *
         wanted_c = {_norm(c) for c in categories}
         missing = sorted(c for c in categories if _norm(c) not in available)
         if missing:
-            raise UserError(f"category(ies) {', '.join(missing)} not in {spec.name} data; available: {', '.join(sorted(available))}", file=path, field="categories")
+            raise UserError(f"category(ies) {', '.join(missing)} not in {spec.name} data; "
+                            f"available: {', '.join(sorted(available))}", file=path, field="categories")
         prompts = [p for p in prompts if prompt_categories(p) & wanted_c]
     if limit is not None:
         chosen: set[str] = set()
         for lang in sorted({p.language for p in prompts}):
-            ranked = sorted((p for p in prompts if p.language == lang), key=lambda p: (sample_rank(seed, p.source_id or p.id), p.id))
+            ranked = sorted((p for p in prompts if p.language == lang),
+                            key=lambda p: (sample_rank(seed, p.source_id or p.id), p.id))
             chosen.update(p.id for p in ranked[:limit])
         prompts = [p for p in prompts if p.id in chosen]
     ids = [p.id for p in prompts]

@@ -53,7 +53,8 @@ class EvalConfig:
     out_dir: str | None = _f(None, "output folder; rerun with the same folder to resume")
     suites: tuple[str, ...] = _f(("safety",), "safety, utility or both (a list or 'safety,utility')", "suites")
     # Which prompts.
-    data: str | None = _f(None, "data root holding the benchmark's default path, or the data file; default $POLYALIGN_DATA")
+    data: str | None = _f(None, "data root holding the benchmark's default path, or the data file; "
+                                "default $POLYALIGN_DATA")
     languages: tuple[str, ...] | None = _f(None, "language codes to keep (default: all in the data)", "list")
     categories: tuple[str, ...] | None = _f(None, "categories to keep", "list")
     limit: int | None = _f(None, "at most N prompts per language (seeded sample)", "int")
@@ -74,7 +75,8 @@ class EvalConfig:
     num_samples: int | None = _f(None, "samples per prompt (needs temperature > 0)", "int")
     temperature: float | None = _f(None, "0 = greedy", "float")
     top_p: float | None = _f(None, "nucleus sampling mass", "float")
-    chat_template: bool | None = _f(None, "render prompts with the chat template (false: continue the raw text)", "bool")
+    chat_template: bool | None = _f(None, "render prompts with the chat template (false: continue the raw text)",
+                                    "bool")
     system_prompt: str | None = _f(None, "system prompt for the chat template")
     batch_size: int | None = _f(None, "generation batch size (does not change outputs; default 32 hf, 256 vllm)", "int")
     backend: str = _f("hf", "hf or vllm")

@@ -4,13 +4,15 @@ A benchmark spec names its kind (``safety`` or ``toxicity``); :func:`get_kind` t
 name into a :class:`BenchmarkKind` once, when an eval run is planned, and every later step
 asks that object instead of branching on the name:
 
-| | ``safety`` | ``toxicity`` |
-|---|---|---|
-| worker | a judge (``judges.get_judge``): label safe / unsafe / invalid / error + refusal flag | a scorer (``judges.get_scorer``): a toxicity probability |
-| a failed item | label ``error``, not stored | score ``None``, not stored |
-| metrics per language | :func:`~polyalign.evaluation.metrics.safety_metrics_by_language` | :func:`~polyalign.evaluation.metrics.toxicity_metrics_by_language` + distinct-n (+ perplexity with a scorer model) |
-| ``results.md`` columns | :data:`SAFETY_COLUMNS` | :data:`TOXICITY_COLUMNS` |
-| several judges, agreement, consistency, error-share check, over-refusal judge | yes | no |
+- ``safety``: the worker is a judge (``judges.get_judge``) labelling each response safe /
+  unsafe / invalid / error with a refusal flag; a failed item is label ``error`` (not stored,
+  retried on a rerun); metrics :func:`~polyalign.evaluation.metrics.safety_metrics_by_language`;
+  ``results.md`` columns :data:`SAFETY_COLUMNS`; several judges (agreement), cross-lingual
+  consistency, the judge-error-share check and judging over-refusal are available.
+- ``toxicity``: the worker is a scorer (``judges.get_scorer``) giving each continuation a
+  toxicity probability; a failed item is score ``None`` (not stored); metrics
+  :func:`~polyalign.evaluation.metrics.toxicity_metrics_by_language` + distinct-n (+ median
+  conditional perplexity with a scorer model); columns :data:`TOXICITY_COLUMNS`; one scorer.
 
 Adding a kind = one more :class:`BenchmarkKind` in :data:`KINDS` (and benchmark YAMLs that name it).
 """
@@ -25,10 +27,11 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation import metrics as M
+from polyalign.evaluation.judges import JudgeInput, get_judge, get_scorer
 from polyalign.evaluation.textstats import distinct_metrics
 
-SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate", "language_fidelity",
-                  "n_total", "n_error")
+SAFETY_COLUMNS = ("unsafe_rate", "unsafe_rate_worst", "safety_rate", "refusal_rate", "invalid_rate",
+                  "language_fidelity", "n_total", "n_error")
 TOXICITY_COLUMNS = ("emt", "tox_prob", "avg_tox", "distinct_1", "distinct_2", "distinct_3", "perplexity_median",
                     "language_fidelity", "n_prompts", "n_samples", "n_score_errors")
 
@@ -40,7 +43,7 @@ LanguageMetrics = Callable[..., dict[str, dict[str, Any]]]
 
 @dataclass(frozen=True)
 class BenchmarkKind:
-    """The per-kind behaviour of an eval run (see the module docstring's table)."""
+    """The per-kind behaviour of an eval run (see the module docstring)."""
 
     name: str
     worker_role: str  # "judge" or "scorer": results.json settings.judge.kind, results.md header
@@ -69,23 +72,9 @@ def get_kind(name: str) -> BenchmarkKind:
         raise UserError(f"unknown benchmark kind {name!r}; known: {', '.join(KINDS)}", field="kind") from None
 
 
-def _get_judge(name: str, **options: Any) -> Any:
-    from polyalign.evaluation.judges import get_judge  # judges pull in HTTP clients / torch: only when used
-
-    return get_judge(name, **options)
-
-
-def _get_scorer(name: str, **options: Any) -> Any:
-    from polyalign.evaluation.judges import get_scorer  # as above
-
-    return get_scorer(name, **options)
-
-
 def _judge_chunk(worker: Any, chunk: list[dict[str, Any]], by_id: dict[str, EvalPrompt]) -> list[dict[str, Any]]:
-    from polyalign.evaluation.judges import JudgeInput  # as above
-
-    inputs = [JudgeInput(prompt=by_id[g["id"]].text, response=g["text"], language=g["language"], id=f"{g['id']}#{g['sample']}")
-              for g in chunk]
+    inputs = [JudgeInput(prompt=by_id[g["id"]].text, response=g["text"], language=g["language"],
+                         id=f"{g['id']}#{g['sample']}") for g in chunk]
     return [{"id": g["id"], "sample": g["sample"], "language": g["language"], **j.to_dict()}
             for g, j in zip(chunk, worker.judge(inputs), strict=True)]
 
@@ -96,22 +85,24 @@ def _score_chunk(worker: Any, chunk: list[dict[str, Any]], by_id: dict[str, Eval
             for g, s in zip(chunk, scores, strict=True)]
 
 
-def _safety_metrics(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]], judgments: dict[tuple, dict[str, Any]],
-                    order: list[str], **_: Any) -> dict[str, dict[str, Any]]:
+def _safety_metrics(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
+                    judgments: dict[tuple, dict[str, Any]], order: list[str], **_: Any) -> dict[str, dict[str, Any]]:
     # A generation without a stored verdict (the judge failed) counts as ``error``: nothing dropped.
     rows = []
     for g in generations:
         j = judgments.get((g["id"], g["sample"]))
-        rows.append({"language": g["language"], "label": j["label"] if j else "error", "refusal": j.get("refusal") if j else None})
+        rows.append({"language": g["language"], "label": j["label"] if j else "error",
+                     "refusal": j.get("refusal") if j else None})
     safety = M.safety_metrics_by_language(rows, with_refusal=True)
     return {lang: dict(safety.get(lang, {})) for lang in order}
 
 
-def _toxicity_metrics(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]], judgments: dict[tuple, dict[str, Any]],
-                      order: list[str], *, scorer_model: str | Path | None = None, device: Any = None,
+def _toxicity_metrics(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]],
+                      judgments: dict[tuple, dict[str, Any]], order: list[str], *,
+                      scorer_model: str | Path | None = None, device: Any = None,
                       trust_remote_code: bool = False) -> dict[str, dict[str, Any]]:
-    rows = [{"language": g["language"], "id": g["id"], "score": (judgments.get((g["id"], g["sample"])) or {}).get("score")}
-            for g in generations]
+    rows = [{"language": g["language"], "id": g["id"],
+             "score": (judgments.get((g["id"], g["sample"])) or {}).get("score")} for g in generations]
     tox = M.toxicity_metrics_by_language(rows)
     ppl = _perplexity(prompts, generations, scorer_model, device, trust_remote_code) if scorer_model else {}
     out = {}
@@ -127,7 +118,8 @@ def _toxicity_metrics(prompts: Sequence[EvalPrompt], generations: list[dict[str,
 def _perplexity(prompts: Sequence[EvalPrompt], generations: list[dict[str, Any]], scorer_model: str | Path,
                 device: Any, trust_remote_code: bool) -> dict[str, dict[str, Any]]:
     """Median conditional perplexity of the continuations under ``scorer_model``, per language."""
-    import torch  # heavy: only with a scorer model
+    # torch / transformers: imported only when a scorer model is asked for.
+    import torch
 
     from polyalign.evaluation.perplexity import conditional_perplexity, median_perplexity_by_language
     from polyalign.models import load_model_and_tokenizer
@@ -146,10 +138,10 @@ def _check_scorer(name: str, options: dict[str, Any]) -> None:
                         "perspective; it goes offline after 2026)", field="judge")
 
 
-SAFETY = BenchmarkKind(name="safety", worker_role="judge", progress_label="judging", build=_get_judge,
-                       judge_chunk=_judge_chunk, failed=lambda row: row.get("label") == "error", metrics=_safety_metrics,
-                       columns=SAFETY_COLUMNS, verdicts=True)
-TOXICITY = BenchmarkKind(name="toxicity", worker_role="scorer", progress_label="scoring", build=_get_scorer,
+SAFETY = BenchmarkKind(name="safety", worker_role="judge", progress_label="judging", build=get_judge,
+                       judge_chunk=_judge_chunk, failed=lambda row: row.get("label") == "error",
+                       metrics=_safety_metrics, columns=SAFETY_COLUMNS, verdicts=True)
+TOXICITY = BenchmarkKind(name="toxicity", worker_role="scorer", progress_label="scoring", build=get_scorer,
                          judge_chunk=_score_chunk, failed=lambda row: row["score"] is None, metrics=_toxicity_metrics,
                          columns=TOXICITY_COLUMNS, verdicts=False, check_worker=_check_scorer)
 KINDS: dict[str, BenchmarkKind] = {k.name: k for k in (SAFETY, TOXICITY)}

@@ -17,6 +17,7 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
+from polyalign.evaluation.attacks import prepare_attack
 from polyalign.evaluation.benchmarks import (
     BenchmarkRead, BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts,
 )
@@ -103,8 +104,6 @@ def _apply_attack(config: EvalConfig) -> EvalConfig:
         return config
     if config.benchmark is None:
         raise UserError("an attack needs a benchmark to attack", field="attack")
-    from polyalign.evaluation.attacks import prepare_attack  # attacks pull in translators: only when used
-
     spec, path = prepare_attack(config.attack, config.benchmark, out_dir=config.out_dir, data=config.data,
                                 languages=config.languages, categories=config.categories, limit=config.limit,
                                 seed=config.seed, column_map=config.column_map, language=config.language)
@@ -165,7 +164,8 @@ def _plan_utility(config: EvalConfig, safety_judge: str | None, judge_options: d
     if config.backend != "hf":
         raise UserError("the utility suite needs the hf backend (it scores log-likelihoods)", field="backend")
     if not config.utility_tasks and not config.lm_eval_tasks and config.benign_benchmark is None:
-        raise UserError("the utility suite needs --utility-task, --lm-eval-tasks and/or --benign-benchmark", field="suite")
+        raise UserError("the utility suite needs --utility-task, --lm-eval-tasks and/or --benign-benchmark",
+                        field="suite")
     for task in config.utility_tasks:
         resolve_task(task)
     if config.lm_eval_tasks:

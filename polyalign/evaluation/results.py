@@ -83,7 +83,8 @@ def _cell(value: Any) -> str:
 UTILITY_COLUMNS = ("accuracy", "over_refusal", "n_utility_tasks")
 
 
-def _table(rows: dict[str, dict[str, Any]], summary: dict[str, Any], columns: list[str], first: str = "language") -> list[str]:
+def _table(rows: dict[str, dict[str, Any]], summary: dict[str, Any], columns: list[str],
+           first: str = "language") -> list[str]:
     lines = ["| " + first + " | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for lang, m in rows.items():
         lines.append(f"| {lang} ({language_name(lang)}) | " + " | ".join(_cell(m.get(c)) for c in columns) + " |")
@@ -105,7 +106,8 @@ def _safety_header(results: dict[str, Any]) -> list[str]:
         f"- generation: {gen['num_samples']} sample(s), {gen['max_new_tokens']} new tokens, "
         + ("greedy" if not gen["temperature"] else f"temperature {gen['temperature']}, top-p {gen['top_p']}")
         + f", chat template {'on' if gen['chat_template'] else 'off'}, seed {gen['seed']}",
-        f"- data: {results['data']['n_prompts']} prompts from `{results['data']['path']}` ({results['data']['sha256'][:19]}…)",
+        f"- data: {results['data']['n_prompts']} prompts from `{results['data']['path']}` "
+        f"({results['data']['sha256'][:19]}…)",
         f"- run: {results['run']['generated']} generated, {results['run']['reused']} reused from the store, "
         f"{results['run']['judge_errors']} judge error(s)",
     ]
@@ -116,11 +118,14 @@ def _utility_lines(utility: dict[str, Any]) -> list[str]:
     over = utility.get("over_refusal")
     lines = ["", "## Utility", "",
              f"- tasks: {', '.join(f'`{t}`' for t in utility['tasks']) or 'none'}"
-             + (f"; lm-eval: {', '.join(f'`{t}`' for t in utility['lm_eval']['tasks'])}" if utility.get("lm_eval") else ""),
+             + (f"; lm-eval: {', '.join(f'`{t}`' for t in utility['lm_eval']['tasks'])}"
+                if utility.get("lm_eval") else ""),
              "- `accuracy` = mean over the tasks of each task's `acc` (multiple choice) or `exact_match` per language"]
     if over:
-        lines.append(f"- `over_refusal` = refusal rate on `{over['benchmark']}` (benign prompts), judge `{over['judge']['name']}`"
-                     + (f"; no benign prompts in {', '.join(over['missing_languages'])}" if over["missing_languages"] else ""))
+        lines.append(f"- `over_refusal` = refusal rate on `{over['benchmark']}` (benign prompts), "
+                     f"judge `{over['judge']['name']}`"
+                     + (f"; no benign prompts in {', '.join(over['missing_languages'])}"
+                        if over["missing_languages"] else ""))
     columns = [f"{name}/{k}" for name, r in utility["tasks"].items() for k in ("acc", "exact_match")
                if any(k in m for m in r["per_language"].values())]
     if columns:
@@ -132,7 +137,8 @@ def _consistency_lines(c: dict[str, Any]) -> list[str]:
     """Cross-lingual consistency against the dominant language (:mod:`polyalign.evaluation.consistency`)."""
     lines = ["", f"## Cross-lingual consistency (against `{c['dominant']}`)", "",
              f"- {c['n_items']} parallel items; {c['rule']}; flipped items with outputs in `{c['flips_file']}`",
-             "", "| language | n_compared | agreement | flip_to_unsafe_rate | flip_to_safe_rate |", "|---|---:|---:|---:|---:|"]
+             "", "| language | n_compared | agreement | flip_to_unsafe_rate | flip_to_safe_rate |",
+             "|---|---:|---:|---:|---:|"]
     for lang, m in c["per_language"].items():
         lines.append(f"| {lang} ({language_name(lang)}) | {m['n_compared']} | " + " | ".join(
             _cell(m[k]) for k in ("agreement", "flip_to_unsafe_rate", "flip_to_safe_rate")) + " |")
@@ -145,7 +151,8 @@ def _fertility_lines(per_language: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Tokenizer fertility (benchmark prompts)", "",
-             "| language | tokens_per_char | tokens_per_word | relative_tokens (vs en) | prompt_tokens_mean | n_prompts_over_context |",
+             "| language | tokens_per_char | tokens_per_word | relative_tokens (vs en) | prompt_tokens_mean "
+             "| n_prompts_over_context |",
              "|---|---:|---:|---:|---:|---:|"]
     for lang, m in rows.items():
         per_word = _cell(m.get("tokens_per_word")) + ("" if m.get("words_meaningful", True) else " *")
@@ -172,7 +179,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     title = bench["name"] if bench else "utility"
     lines = [f"# {title}: {model['source']}" + (f" + {model['adapter']}" if model.get("adapter") else ""), ""]
     if bench:
-        over = {lang: m["n_prompts_over_context"] for lang, m in per_language.items() if m.get("n_prompts_over_context")}
+        over = {lang: m["n_prompts_over_context"] for lang, m in per_language.items()
+                if m.get("n_prompts_over_context")}
         lines += [*_safety_header(results), *([
             "- prompts longer than the context leaves (context length - max_new_tokens; never truncated): "
             + ", ".join(f"{lang} {n}" for lang, n in over.items())] if over else []), ""]

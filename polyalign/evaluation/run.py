@@ -33,12 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polyalign.data.fertility import context_length, fertility, prompt_length_stats
 from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.agreement import agreement_section
 from polyalign.evaluation.config import EvalConfig
 from polyalign.evaluation.consistency import consistency_section
-from polyalign.evaluation.fingerprints import adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity
+from polyalign.evaluation.fingerprints import (
+    adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity,
+)
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.kinds import SAFETY
 from polyalign.evaluation.metrics import error_share_violation, summarize
@@ -240,14 +243,12 @@ def _add_prompt_lengths(per_language: dict[str, dict[str, Any]], lengths: list[t
                         settings: Any, tokenizer: Any, prompts: Sequence[Any]) -> None:
     """Per language: the tokenizer's fertility on the prompts (:mod:`polyalign.data.fertility`), the
     rendered prompts' token counts and how many leave less than max_new_tokens of context."""
-    from polyalign.data.fertility import context_length, fertility, prompt_length_stats
-
     texts: dict[str, list[str]] = {}
     for p in prompts:
         texts.setdefault(p.language, []).append(p.text)
     for lang, row in fertility(tokenizer, texts).items():
-        per_language.setdefault(lang, {}).update({k: row[k] for k in ("tokens_per_char", "tokens_per_word", "words_meaningful",
-                                                                      "tokens_per_text", "relative_tokens")})
+        keys = ("tokens_per_char", "tokens_per_word", "words_meaningful", "tokens_per_text", "relative_tokens")
+        per_language.setdefault(lang, {}).update({k: row[k] for k in keys})
 
     context = context_length(model) if model is not None else None
     room = None if context is None else context - settings.max_new_tokens
@@ -278,8 +279,9 @@ def _run_utility(plan: EvalPlan, loaded: Loaded) -> dict[str, Any]:
 
 def _run_over_refusal(plan: EvalPlan, loaded: Loaded, benign: BenignPlan) -> dict[str, Any]:
     config, spec, settings, judge = plan.config, benign.spec, benign.settings, benign.judge
+    generator = HFGenerator(loaded.model, loaded.tokenizer, settings, batch_size=loaded.batch_size)
     done = generate_and_judge(kind=SAFETY, name=spec.name, prompts=benign.prompts, settings=settings,
-                              generator=HFGenerator(loaded.model, loaded.tokenizer, settings, batch_size=loaded.batch_size),
+                              generator=generator,
                               tokenizer=loaded.tokenizer, model_identity=loaded.fingerprint["identity"], backend="hf",
                               worker=judge.worker, folder=plan.out / S.OVER_REFUSAL_DIR, run_id=plan.run_id,
                               judge_batch_size=config.judge_batch_size, progress=config.progress,
@@ -294,6 +296,7 @@ def _run_over_refusal(plan: EvalPlan, loaded: Loaded, benign: BenignPlan) -> dic
 
 
 def _utility_settings(config: EvalConfig, benign: BenignPlan | None) -> dict[str, Any]:
-    return {"tasks": [resolve_task(t).to_dict() for t in config.utility_tasks], "lm_eval_tasks": list(config.lm_eval_tasks),
+    return {"tasks": [resolve_task(t).to_dict() for t in config.utility_tasks],
+            "lm_eval_tasks": list(config.lm_eval_tasks),
             "lm_eval_include": str(config.lm_eval_include) if config.lm_eval_include else None,
             "limit": config.utility_limit, "benign_benchmark": benign.spec.name if benign else None}

@@ -52,7 +52,8 @@ def load_model(model_or_path: Any, tokenizer: Any, adapter: str | Path | None, *
         from polyalign.models import load_model_and_tokenizer
 
         source = str(model_or_path)
-        model, loaded_tok = load_model_and_tokenizer(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        model, loaded_tok = load_model_and_tokenizer(source, dtype=dtype, device=device,
+                                                     trust_remote_code=trust_remote_code)
         tokenizer = tokenizer if tokenizer is not None else loaded_tok
     else:
         model = model_or_path
@@ -163,7 +164,8 @@ def generate_and_judge(
     log(f"{name}: {len(prompts)} prompts x {settings.num_samples} sample(s) in {n_languages} language(s) -> {folder}")
     weak = weak_reason(model_identity) if isinstance(model_identity, dict) else None
     with JsonlStore(folder / GENERATIONS, kind="generations", fingerprint=gen_fp, settings=gen_settings, run_id=run_id,
-                    refuse_reuse=weak, hint="use a new --out folder (or delete the file) to generate again") as gen_store:
+                    refuse_reuse=weak,
+                    hint="use a new --out folder (or delete the file) to generate again") as gen_store:
         gen_stats = run_generation(generator, tasks, gen_store, progress=progress, batch_delay=batch_delay)
         generations = [gen_store.get(t.key) for t in tasks]
         gen_torn = gen_store.recovered_torn_lines
@@ -172,7 +174,8 @@ def generate_and_judge(
     judgments, judge_stats, judge_torn, others, judgments_file = {}, {}, 0, [], JUDGMENTS
     for position, judge in enumerate([worker, *extra_workers]):
         # The judge's own settings() (never secrets) identify its verdicts.
-        judge_settings = {"generations": gen_fp, "kind": kind.name, "judge": judge.settings(), "keyed_by": "response_sha256"}
+        judge_settings = {"generations": gen_fp, "kind": kind.name, "judge": judge.settings(),
+                          "keyed_by": "response_sha256"}
         fingerprint = text_fingerprint(judge_settings)
         path = judgments_path(folder, judge.name, fingerprint, primary=position == 0)
         hint = (f"to judge the same generations differently, add the judge (--judge {judge.name},OTHER keeps both "
@@ -182,7 +185,8 @@ def generate_and_judge(
             stats = judge_stage(kind, judge, prompts, generations, judge_store, batch_size=judge_batch_size,
                                 progress=progress)
             # Only verdicts on the exact texts generated now count (keyed by the text's hash).
-            verdicts = {(g["id"], g["sample"]): r for g in generations if (r := judge_store.get(_judge_key(g))) is not None}
+            verdicts = {(g["id"], g["sample"]): r for g in generations
+                        if (r := judge_store.get(_judge_key(g))) is not None}
             judge_torn += judge_store.recovered_torn_lines
         if stats["judge_errors"]:
             log(f"judge {judge.name}: {stats['judge_errors']} item(s) could not be judged (counted as n_error / error; "

@@ -9,8 +9,8 @@
 - lm-evaluation-harness tasks (``lm_eval_tasks``, ``lm_eval_include``; optional extra),
   ``utility_limit`` = lm-eval's ``limit`` (documents per task);
 - over-refusal: a benign prompt set (``benign_benchmark``: a benchmark name / spec YAML, or a
-  JSONL/CSV file with ``text`` and ``language`` columns, optional ``id``, ``source_id``, ``category``) generated with the
-  run's generation settings and judged by ``benign_judge`` (default: the safety judge and its
+  JSONL/CSV file with ``text`` and ``language`` columns, optional ``id``, ``source_id``, ``category``)
+  generated with the run's generation settings and judged by ``benign_judge`` (default: the safety judge and its
   options, else the offline ``refusal`` matcher) into ``over_refusal/generations.jsonl`` and
   ``over_refusal/judgments.jsonl`` (resumable, like the safety stores).
 
@@ -49,7 +49,9 @@ from typing import Any
 
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
-from polyalign.evaluation.benchmarks import BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts
+from polyalign.evaluation.benchmarks import (
+    BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts,
+)
 from polyalign.evaluation.kinds import get_kind
 from polyalign.evaluation.metrics import refusal_metrics, summarize
 
@@ -134,7 +136,8 @@ def benign_prompts(spec: BenchmarkSpec, path: Path, *, languages: Sequence[str] 
     return prompts, missing, {"path": str(path), "n_read": len(all_prompts), "skipped_rows": skipped}
 
 
-def over_refusal_metrics(generations: list[dict[str, Any]], judgments: dict[tuple, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def over_refusal_metrics(generations: list[dict[str, Any]],
+                         judgments: dict[tuple, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per language :func:`refusal_metrics` of the judgments' refusal flags, plus ``n``."""
     flags: dict[str, list[bool | None]] = {}
     for g in generations:

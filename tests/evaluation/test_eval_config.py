@@ -116,7 +116,8 @@ def test_cli_and_python_api_give_the_same_config(tmp_path):
     assert _cli(argv) == python
     # every field is reachable from the command line: each differs from its default above
     defaults = EvalConfig()
-    assert [f.name for f in dataclasses.fields(EvalConfig) if getattr(python, f.name) == getattr(defaults, f.name)] == []
+    same = [f.name for f in dataclasses.fields(EvalConfig) if getattr(python, f.name) == getattr(defaults, f.name)]
+    assert same == []
     # no flags: the same defaults as EvalConfig() (apart from the required ones)
     assert _cli(["--model", "m", "--benchmark", "b", "--out", "o"]) == EvalConfig(model="m", benchmark="b", out_dir="o")
 
@@ -150,7 +151,7 @@ def test_kind_table_is_the_only_place_kinds_differ():
         TOXICITY.build_worker("classifier", {})
     with pytest.raises(UserError, match="unknown"):
         SAFETY.build_worker("perspective", {})  # a scorer is no judge
-    gens = [{"id": "a", "sample": 0, "language": "en", "text": "x"}, {"id": "b", "sample": 0, "language": "en", "text": "y"}]
+    gens = [{"id": i, "sample": 0, "language": "en", "text": t} for i, t in (("a", "x"), ("b", "y"))]
     # failed rows (not stored, retried next run): a safety label "error", a toxicity score None
     assert [SAFETY.failed(r) for r in ({"label": "error"}, {"label": "unsafe"})] == [True, False]
     assert [TOXICITY.failed(r) for r in ({"score": None}, {"score": 0.0})] == [True, False]
@@ -175,11 +176,13 @@ def test_cli_config_file_and_python_api_write_the_same_results(tmp_path, capsys)
                             f"out_dir: {tmp_path / 'elsewhere'}\n")
     assert main(["eval", "--config", str(path), "--out", str(yaml_out)]) == 0
     assert "custom: mean unsafe_rate" in capsys.readouterr().out
-    evaluate(EvalConfig(model=str(model_dir), benchmark="custom", data=data, column_map={"text": "prompt", "language": "lang"},
-                        max_new_tokens=3, progress=False, out_dir=py_out))
+    evaluate(EvalConfig(model=str(model_dir), benchmark="custom", data=data,
+                        column_map={"text": "prompt", "language": "lang"}, max_new_tokens=3, progress=False,
+                        out_dir=py_out))
     assert not (tmp_path / "elsewhere").exists()  # --out replaced the file's out_dir
     a, b = (json.loads((d / "results.json").read_text(encoding="utf-8")) for d in (yaml_out, py_out))
     assert a["settings"] == b["settings"] and a["metrics"] == b["metrics"] and a["model"] == b["model"]
-    rows = [[{k: v for k, v in json.loads(line).items() if k != "run"}  # "run": each run's own id
-             for line in (d / "generations.jsonl").read_text(encoding="utf-8").splitlines()[1:]] for d in (yaml_out, py_out)]
+    lines = [(d / "generations.jsonl").read_text(encoding="utf-8").splitlines()[1:] for d in (yaml_out, py_out)]
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "run"} for line in part]  # "run": each run's id
+            for part in lines]
     assert len(rows[0]) == 3 and rows[0] == rows[1]
