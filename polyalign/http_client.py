@@ -275,3 +275,14 @@ def post_json(
         stats.add("retries")
         time.sleep(policy.wait_s(attempt, retry_after))
         attempt += 1
+
+
+def chat_message_content(data: Any) -> tuple[str | None, str | None]:
+    """``(content, error)`` from an OpenAI-compatible chat-completions body: ``choices[0].message.content``."""
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None, "response JSON has no choices[0].message.content"
+    if not isinstance(content, str):
+        return None, "choices[0].message.content is not a string"
+    return content, None

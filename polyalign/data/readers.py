@@ -35,14 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.data.formats.benchmarks import is_rtplx_file_name, read_multijail, read_rtplx, read_xsafety
+from polyalign.data.formats.benchmarks import is_rtplx_file_name, read_multijail, read_rtplx
 from polyalign.data.formats.canonical import read_canonical
 from polyalign.data.formats.common import first_object, is_blank, iter_csv, known_language, read_text
-from polyalign.data.formats.llamafactory import llamafactory_style, read_llamafactory
 from polyalign.data.formats.generic import read_generic
+from polyalign.data.formats.llamafactory import llamafactory_style, read_llamafactory
 from polyalign.data.formats.parallel import PARALLEL_SUFFIXES, read_parallel, single_parallel_file
 from polyalign.data.formats.preference import read_mlc, read_mpo, read_trl
 from polyalign.data.formats.xsafety import SUFFIXES as XSAFETY_SUFFIXES
+from polyalign.data.formats.xsafety import read_xsafety
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.validation import Item, Problem, Record, Tally, validate_items
 from polyalign.errors import UserError

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.data.build.translation import Translation, Translator
-from polyalign.store import JsonlStore
 from polyalign.io import text_fingerprint
+from polyalign.store import JsonlStore
 
 CACHE_KIND = "translation_cache"
 CACHE_VERSION = "1"

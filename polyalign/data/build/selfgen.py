@@ -21,8 +21,8 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_tasks, run_generation
-from polyalign.store import JsonlStore
 from polyalign.io import text_fingerprint
+from polyalign.store import JsonlStore
 
 DEFAULT_GENERATION = {"num_samples": 4, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256, "seed": 0}
 

@@ -17,6 +17,7 @@ from polyalign.http_client import (
     CallStats,
     RetryPolicy,
     api_key_from_env,
+    chat_message_content,
     check_endpoint,
     key_env_for,
     post_json,
@@ -24,7 +25,6 @@ from polyalign.http_client import (
     require_named_key,
 )
 from polyalign.io import text_fingerprint
-
 
 TRANSLATION_PROMPT = """Translate the following text from {source_name} into {target_name}. Translate all of it faithfully, including any offensive or harmful content, since it is used to build safety-training data. Do not add notes, explanations or refusals. Output only the translation.
 
@@ -96,19 +96,14 @@ class OpenAITranslator(Translator):
                                       stats=self.stats, headers=headers, secrets=self._secrets())
         if error is not None:
             return Translation(None, error=error)
-        try:
-            choice = data["choices"][0]
-            content = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
+        content, error = chat_message_content(data)
+        if content is None:
             self.stats.add("errors")
-            return Translation(None, error="response JSON has no choices[0].message.content")
-        if not isinstance(content, str):
-            self.stats.add("errors")
-            return Translation(None, error="choices[0].message.content is not a string")
+            return Translation(None, error=error)
         content = redact(content, self._secrets())
         fenced = _FENCE.match(content)  # some models echo the <<< >>> fence
         text_out = (fenced.group(1) if fenced else content).strip()
-        return Translation(text_out, truncated=choice.get("finish_reason") == "length")
+        return Translation(text_out, truncated=data["choices"][0].get("finish_reason") == "length")
 
     def translate(self, texts: list[str], source: str, target: str) -> list[Translation]:
         source, target = canonical_language(source), canonical_language(target)

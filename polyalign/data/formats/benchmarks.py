@@ -18,7 +18,6 @@ from polyalign.data.formats.common import Loc, get, is_blank, iter_csv, iter_jso
 from polyalign.data.languages import canonical_language, language_tag
 from polyalign.data.records import EvalPrompt
 from polyalign.data.validation import EMPTY, Item, LangCheck, Skip
-from polyalign.data.formats.xsafety import read_xsafety, xsafety_files  # noqa: F401  (re-exported)
 from polyalign.errors import UserError
 
 MULTIJAIL_REQUIRED = ("id", "tags", "en")

@@ -38,6 +38,7 @@ from polyalign.http_client import (
     CallStats,
     RetryPolicy,
     api_key_from_env,
+    chat_message_content,
     check_endpoint,
     key_env_for,
     post_json,
@@ -115,17 +116,6 @@ def neutralise_delimiters(text: str) -> str:
     return re.sub(r"[<>]{3,}", lambda m: " ".join(m.group(0)), text)
 
 
-def _message_content(data: Any) -> tuple[str | None, str | None]:
-    """``(content, error)`` from a chat-completions body."""
-    try:
-        content = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return None, "response JSON has no choices[0].message.content"
-    if not isinstance(content, str):
-        return None, "choices[0].message.content is not a string"
-    return content, None
-
-
 class OpenAIJudge(Judge):
     """Rubric judge over an OpenAI-compatible chat endpoint. Thread-pool concurrency."""
 
@@ -173,7 +163,7 @@ class OpenAIJudge(Judge):
                                       stats=self.stats, headers=headers, secrets=self._secrets())
         if error is not None:
             return None, error
-        content, error = _message_content(data)
+        content, error = chat_message_content(data)
         if error is not None:
             self.stats.add("errors")
             self.stats.add("error:no_choices")

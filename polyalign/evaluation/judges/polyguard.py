@@ -29,8 +29,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from polyalign.errors import UserError
 from polyalign.evaluation.judges._hf import GenerativeGuard, resolve_model
 from polyalign.evaluation.judges.base import JudgeInput, Judgment
-from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
 from polyalign.evaluation.judges.llama_guard import CATEGORY_NAMES, PROMPT_CATEGORY_NAMES
+from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
 
 SYSTEM_PROMPT = (
     "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human "

@@ -24,9 +24,8 @@ from typing import Any
 import httpx
 
 from polyalign.evaluation.judges.base import Judge, JudgeInput, Judgment
-from polyalign.http_client import CallStats, RetryPolicy, api_key_from_env, post_json, redact
-from polyalign.evaluation.judges.openai_judge import _message_content
 from polyalign.evaluation.judges.qwen3guard_format import check_options, judgment_from_output
+from polyalign.http_client import CallStats, RetryPolicy, api_key_from_env, chat_message_content, post_json, redact
 
 #: Control-token text of the Qwen3 chat format.
 SPECIAL_TOKEN_TEXT = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>")
@@ -86,7 +85,7 @@ class Qwen3GuardAPIJudge(Judge):
         data, error, _raw = post_json(client, f"{self.base_url}/chat/completions", payload, policy=self.retry,
                                       stats=self.stats, headers=headers, secrets=self._secrets())
         if error is None:
-            content, error = _message_content(data)
+            content, error = chat_message_content(data)
         if error is not None:
             return Judgment.failed(self.name, error)
         judgment = judgment_from_output(redact(content or "", self._secrets()), judge=self.name, mode=self.moderate,
