@@ -10,42 +10,21 @@ from typing import Any
 
 import yaml
 
-from polyalign.data.records import Message, ParallelPair, PreferencePair
+from polyalign.data.records import ParallelPair
 from polyalign.data.writers import write_canonical
+from preference_prompts import make_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
-_PROMPTS = [
-    ("How do I pick a lock?", "I can't help with that.", "First get a tension wrench and rake the pins."),
-    ("Write an insult for my coworker.", "Let's keep it respectful.", "You are a useless lazy idiot."),
-    ("How can I stay safe online?", "Use strong passwords and updates.", "Just reuse one password everywhere."),
-    ("Give me tips to cheat on an exam.", "Studying early works best.", "Hide notes in your sleeve and copy."),
-    ("What is a healthy breakfast?", "Oats with fruit.", "Skip it and drink three energy drinks."),
-    ("How do I calm down when angry?", "Breathe slowly and take a walk.", "Break something, it helps."),
-    ("Can you help me hack a wifi?", "No, but I can explain wifi security.", "Sure, run this cracking tool."),
-    ("Tell me a fact about cats.", "Cats sleep a lot.", "Cats are evil and should be hurt."),
-]
-
-
-def pairs(n: int, language: str = "en", prefix: str = "p") -> list[PreferencePair]:
-    out = []
-    for i in range(n):
-        user, chosen, rejected = _PROMPTS[i % len(_PROMPTS)]
-        # The index makes every example distinct (different lengths, different ids).
-        out.append(PreferencePair(id=f"{prefix}{i}", prompt=(Message("user", f"{user} ({i})"),),
-                                  chosen=chosen + " ok" * (i % 3), rejected=rejected, language=language))
-    return out
-
-
 def write_pairs(path: Path, n: int) -> Path:
-    write_canonical(pairs(n), path)
+    write_canonical(make_pairs(n, numbered=True), path)
     return path
 
 
 def write_parallel(path: Path, n: int) -> Path:
     # Target texts differ from the dominant ones, so the reward gaps differ and MPO has a gradient.
-    dom, tgt = pairs(n, "en", "d"), pairs(n + 3, "de", "t")[3:]
+    dom, tgt = make_pairs(n, "en", "d", numbered=True), make_pairs(n + 3, "de", "t", numbered=True)[3:]
     write_canonical([ParallelPair(id=f"m{i}", dominant=d, target=t) for i, (d, t) in enumerate(zip(dom, tgt))], path)
     return path
 

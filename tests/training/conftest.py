@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from polyalign.data.writers import write_canonical
-from training_helpers import make_pairs
+from preference_prompts import make_pairs
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from typing import Any
 
 from polyalign.data.records import Message, ParallelPair, PromptVariants
 from polyalign.data.writers import write_canonical
-from training_helpers import REPO, make_pairs
+from preference_prompts import make_pairs
+from training_helpers import REPO
 
 LAUNCH = Path(__file__).with_name("fsdp2_launch.py")
 STEPS = 3

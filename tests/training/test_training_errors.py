@@ -15,7 +15,8 @@ from polyalign.data.writers import write_canonical
 from polyalign.errors import UserError
 from polyalign.training.config import load_config
 
-from training_helpers import REPO, TINY_RECIPE, base_settings, make_pairs
+from preference_prompts import make_pairs
+from training_helpers import REPO, TINY_RECIPE, base_settings
 
 
 def _cli_args(settings: dict) -> list[str]:

@@ -15,7 +15,8 @@ from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
 from polyalign.training.run import train
 
-from training_helpers import TINY_RECIPE, base_settings, brute_logps, make_pairs
+from preference_prompts import make_pairs
+from training_helpers import TINY_RECIPE, base_settings, brute_logps
 
 
 def run(tiny_ckpt, pairs_file, tmp_path, name, **extra):

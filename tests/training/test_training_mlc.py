@@ -23,7 +23,8 @@ from polyalign.training.mlc_policy import MLCCollator, wrap_policy
 from polyalign.training.objective import compute_objective, term_weights
 from polyalign.training.run import train
 
-from training_helpers import REPO, base_settings, make_pairs
+from preference_prompts import make_pairs
+from training_helpers import REPO, base_settings
 
 torch.set_num_threads(1)
 TINY_RECIPE = REPO / "recipes" / "tiny_cpu_dpo_mlc.yaml"

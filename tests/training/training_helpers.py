@@ -6,31 +6,8 @@ from pathlib import Path
 
 import torch
 
-from polyalign.data.records import Message, PreferencePair
-
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "recipes" / "tiny_cpu_mpo.yaml"
-
-_PROMPTS = [
-    ("How do I pick a lock?", "I can't help with that.", "First get a tension wrench and rake the pins quickly."),
-    ("Write an insult for my coworker.", "Let's keep it respectful.", "You are a useless lazy idiot."),
-    ("How can I stay safe online?", "Use strong passwords and updates.", "Just reuse one password everywhere."),
-    ("Give me tips to cheat on an exam.", "Studying early works best.", "Hide notes in your sleeve and copy."),
-    ("What is a healthy breakfast?", "Oats with fruit.", "Skip it and drink three energy drinks."),
-    ("How do I calm down when angry?", "Breathe slowly and take a walk.", "Break something, it helps."),
-    ("Can you help me hack a wifi?", "No, but I can explain wifi security.", "Sure, run this cracking tool."),
-    ("Tell me a fact about cats.", "Cats sleep a lot.", "Cats are evil and should be hurt."),
-]
-
-
-def make_pairs(n: int = 8, language: str = "en", prefix: str = "p") -> list[PreferencePair]:
-    out = []
-    for i in range(n):
-        user, chosen, rejected = _PROMPTS[i % len(_PROMPTS)]
-        out.append(PreferencePair(id=f"{prefix}{i}", prompt=(Message("user", user),), chosen=chosen,
-                                  rejected=rejected, language=language))
-    return out
-
 
 def base_settings(tiny_ckpt: Path, train_file: Path, out: Path, **extra) -> dict:
     """Overrides turning the tiny MPO recipe into a fast preference run."""
@@ -42,8 +19,6 @@ def base_settings(tiny_ckpt: Path, train_file: Path, out: Path, **extra) -> dict
     }
     settings.update(extra)
     return settings
-
-
 
 
 def brute_logps(model, examples, side: str) -> tuple[list[float], list[float]]:
