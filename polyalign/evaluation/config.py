@@ -111,6 +111,8 @@ class EvalConfig:
         self.utility_tasks = tuple(os.fspath(t) if isinstance(t, os.PathLike) else t for t in self.utility_tasks or ())
         self.judge_options = dict(self.judge_options or {})
         self.column_map = dict(self.column_map) if self.column_map else None
+        if self.column_map and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.column_map.items()):
+            raise UserError("column_map must map field names to column names (text)", field="column_map")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; use hf or vllm", field="backend")
         if not 0.0 <= self.max_judge_error_share <= 1.0:

@@ -65,6 +65,8 @@ class BenignPlan:
 
 @dataclass
 class EvalPlan:
+    """Everything :func:`~polyalign.evaluation.run.run_suites` needs besides the model."""
+
     config: EvalConfig  # as run: with an attack, the attacked benchmark and no further selection
     out: Path
     run_id: str

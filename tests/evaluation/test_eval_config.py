@@ -61,6 +61,7 @@ def test_bad_values_name_file_line_and_field(tmp_path):
         ("suites: [safety, fun]\n", 1, "suites", "unknown suite"),
         ("progress: maybe\n", 1, "progress", "true or false"),
         ("column_map: [text]\n", 1, "column_map", "mapping"),
+        ("model: m\ncolumn_map: {text: [a, b]}\n", 2, "column_map", "field names to column names"),
     ]:
         path = _write(tmp_path, text)
         with pytest.raises(UserError, match=message) as err:
