@@ -44,8 +44,9 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # Real model shapes (issue 19): the architectures' configs exactly as the released checkpoints'
 # config.json (random seeded weights, nothing downloaded); special-token ids from the tiny tokenizer.
-_SHAPE_BATCH = dict(seq=256, pairs=2, prompt=(64, 128), response=(48, 128), warmup=1, repeats=2, gen_prompts=16,
-                    gen_new=16, gen_batch=None, gen_repeats=1, mlc_langs=4, matmul_n=2048)
+# One timed step after one warm-up step (a Gemma-3-shape step is tens of seconds on 2 shared cores).
+_SHAPE_BATCH = dict(seq=256, pairs=2, prompt=(64, 128), response=(48, 128), warmup=1, repeats=1, gen_prompts=16,
+                    gen_new=8, gen_batch=None, gen_repeats=1, mlc_langs=4, matmul_n=2048)
 SIZES["smollm2"] = dict(
     arch="llama", config=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                               num_key_value_heads=3, head_dim=64, vocab_size=49152, hidden_act="silu",
