@@ -16,9 +16,10 @@ from pathlib import Path
 from polyalign.data.languages import canonical_language
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_bytes, atomic_write_text
+from polyalign.report.figures import Plot, safe_slug
 from polyalign.report.html import Report, render_html, render_markdown
 from polyalign.report.load import RunData, load_run, load_runs
-from polyalign.report.plots import Plot, build_plots, safe_slug
+from polyalign.report.plots import build_plots
 from polyalign.report.tables import Table, analysis_tables, build_tables, dominant_warnings, language_order
 
 __all__ = ["Plot", "Report", "RunData", "Table", "build_report", "load_run", "load_runs", "make_report"]

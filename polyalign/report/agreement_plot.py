@@ -12,45 +12,17 @@ stronger one) go to the report's notes.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from polyalign.data.languages import language_name
-from polyalign.errors import UserError
+from polyalign.report.figures import Plot, render
+from polyalign.report.load import RunData
 
 
-def read_agreement(obj: Any, file: Path) -> dict[str, Any] | None:
-    """``{"primary", "pairs": [{"label", "kappa": {lang: float|None}}], "statements"}`` or None when absent."""
-    from polyalign.report.load import _canonical, _is_number, _number
-
-    if obj is None:
-        return None
-    pairs = obj.get("pairs") if isinstance(obj, dict) else None
-    if not isinstance(pairs, list) or not pairs:
-        raise UserError("expected {'pairs': [{'a', 'b', 'per_language': {lang: {'kappa': ...}}}]}", file=file, field="agreement")
-    out = []
-    for i, pair in enumerate(pairs):
-        per = pair.get("per_language") if isinstance(pair, dict) else None
-        if not isinstance(per, dict) or not isinstance(pair.get("a"), str) or not isinstance(pair.get("b"), str):
-            raise UserError("a pair needs 'a', 'b' and 'per_language'", file=file, field=f"agreement.pairs[{i}]")
-        kappa = {}
-        for lang, m in per.items():
-            value = m.get("kappa") if isinstance(m, dict) else "missing"
-            if value is not None and not (_is_number(value) and -1.0 <= float(value) <= 1.0):
-                raise UserError("kappa must be a number in [-1, 1] or null", file=file, field=f"agreement.pairs[{i}].{lang}")
-            kappa[_canonical(lang, file, f"agreement.pairs[{i}]")] = None if value is None else _number(value)
-        out.append({"label": f"{pair['a']} vs {pair['b']}", "kappa": kappa})
-    statements = obj.get("statements") if isinstance(obj.get("statements"), list) else []
-    return {"primary": obj.get("primary"), "pairs": out, "statements": [str(s) for s in statements]}
-
-
-def agreement_heatmap(runs: list[Any]) -> Any:
-    """The heat map (a :class:`~polyalign.report.plots.Plot`), or ``None`` when no run compared judges."""
-    from polyalign.report.plots import Plot, _render
-
+def agreement_heatmap(runs: list[RunData]) -> Plot | None:
+    """The heat map (a :class:`~polyalign.report.figures.Plot`), or ``None`` when no run compared judges."""
     have = [run for run in runs if run.agreement]
     if not have:
         return None
@@ -77,10 +49,10 @@ def agreement_heatmap(runs: list[Any]) -> Any:
                "The primary (first) judge's verdicts give every other number in the report; confusion matrices are "
                "in each run's results.json 'agreement' and results.md, and the notes say where the cheap offline "
                "judge disagrees with the stronger one.")
-    return Plot("judge_agreement", title, caption, _render(fig))
+    return Plot("judge_agreement", title, caption, render(fig))
 
 
-def _languages(run: Any) -> list[str]:
+def _languages(run: RunData) -> list[str]:
     return list(dict.fromkeys(lang for p in run.agreement["pairs"] for lang in p["kappa"]))
 
 

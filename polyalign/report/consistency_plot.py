@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from polyalign.data.languages import language_name
+from polyalign.report.figures import Plot, render
 from polyalign.report.load import RunData
-from polyalign.report.plots import Plot, _render
 
 
 def consistency_heatmap(runs: list[RunData]) -> Plot | None:
@@ -49,4 +49,4 @@ def consistency_heatmap(runs: list[RunData]) -> Plot | None:
     caption = ("Share of parallel items on which two languages get the same verdict (safe / unsafe; items without a "
                "verdict in both left out). Per-language flips against the dominant language (bold), both ways, and "
                "the flipped items with their outputs are in each run's results.json and consistency_flips.jsonl.")
-    return Plot("consistency_heatmap", title, caption, _render(fig))
+    return Plot("consistency_heatmap", title, caption, render(fig))

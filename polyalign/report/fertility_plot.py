@@ -9,15 +9,15 @@ language that pays a large token premium can be read against its safety result.
 
 from __future__ import annotations
 
-from typing import Any
-
 from matplotlib.figure import Figure
 
+from polyalign.report.figures import Plot, axis_label, bars, render, run_colour
+from polyalign.report.load import RunData
 
-def fertility_beside_safety(runs: list[Any], metric: str, languages: list[str], dominant: str | None) -> Any:
+
+def fertility_beside_safety(runs: list[RunData], metric: str, languages: list[str],
+                            dominant: str | None) -> Plot | None:
     """The two-panel figure, or ``None`` when no run has ``tokens_per_char``."""
-    from polyalign.report.plots import Plot, _bars, _render, axis_label, run_colour
-
     if not any(run.metric("tokens_per_char") for run in runs):
         return None
     width = min(18.0, max(6.0, 1.2 + len(languages) * (0.28 * len(runs) + 0.35)))
@@ -25,7 +25,7 @@ def fertility_beside_safety(runs: list[Any], metric: str, languages: list[str], 
     top, bottom = fig.subplots(2, 1)
     for ax, name in ((top, "tokens_per_char"), (bottom, metric)):
         series = [(run.name, run.metric(name), {"color": run_colour(i)}) for i, run in enumerate(runs)]
-        _bars(ax, languages, series, dominant)  # the same language columns in both panels
+        bars(ax, languages, series, dominant)  # the same language columns in both panels
         ax.set_ylabel(axis_label(name))
     over = {run.name: {lang: v for lang, v in run.metric("n_prompts_over_context").items() if v}
             for run in runs}
@@ -38,4 +38,4 @@ def fertility_beside_safety(runs: list[Any], metric: str, languages: list[str], 
                "longer than the context leaves are in the tables. "
                + (f"Prompts longer than the context leaves: {over_text}." if over_text else
                   "No prompt was longer than the context leaves."))
-    return Plot("fertility_beside_safety", title, caption, _render(fig))
+    return Plot("fertility_beside_safety", title, caption, render(fig))

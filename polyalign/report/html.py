@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 
 from polyalign.data.languages import language_name
+from polyalign.report.figures import Plot, run_colour
 from polyalign.report.load import RunData
-from polyalign.report.plots import Plot, run_colour
 from polyalign.report.tables import MISSING, UNDEFINED, Table
 
 CSS = """

@@ -236,6 +236,29 @@ def _consistency(obj: Any, file: Path) -> dict[str, Any] | None:
             "agreement": [[_number(v) if v is not None else None for v in r] for r in rows]}
 
 
+def _agreement(obj: Any, file: Path) -> dict[str, Any] | None:
+    """``{"primary", "pairs": [{"label", "kappa": {lang: float|None}}], "statements"}`` or None when absent."""
+    if obj is None:
+        return None
+    pairs = obj.get("pairs") if isinstance(obj, dict) else None
+    if not isinstance(pairs, list) or not pairs:
+        raise UserError("expected {'pairs': [{'a', 'b', 'per_language': {lang: {'kappa': ...}}}]}", file=file, field="agreement")
+    out = []
+    for i, pair in enumerate(pairs):
+        per = pair.get("per_language") if isinstance(pair, dict) else None
+        if not isinstance(per, dict) or not isinstance(pair.get("a"), str) or not isinstance(pair.get("b"), str):
+            raise UserError("a pair needs 'a', 'b' and 'per_language'", file=file, field=f"agreement.pairs[{i}]")
+        kappa = {}
+        for lang, m in per.items():
+            value = m.get("kappa") if isinstance(m, dict) else "missing"
+            if value is not None and not (_is_number(value) and -1.0 <= float(value) <= 1.0):
+                raise UserError("kappa must be a number in [-1, 1] or null", file=file, field=f"agreement.pairs[{i}].{lang}")
+            kappa[_canonical(lang, file, f"agreement.pairs[{i}]")] = None if value is None else _number(value)
+        out.append({"label": f"{pair['a']} vs {pair['b']}", "kappa": kappa})
+    statements = obj.get("statements") if isinstance(obj.get("statements"), list) else []
+    return {"primary": obj.get("primary"), "pairs": out, "statements": [str(s) for s in statements]}
+
+
 def load_run(path: str | Path, name: str) -> RunData:
     """Read one run folder (or a ``results.json`` path: its folder is the run folder)."""
     path = Path(path)
@@ -260,9 +283,7 @@ def load_run(path: str | Path, name: str) -> RunData:
         headline=results.get("headline") if isinstance(results.get("headline"), str) else None, notes=notes,
         consistency=_consistency(results.get("consistency"), results_file),
     )
-    from polyalign.report.agreement_plot import read_agreement
-
-    run.agreement = read_agreement(results.get("agreement"), results_file)
+    run.agreement = _agreement(results.get("agreement"), results_file)
     if run.agreement:  # the plain statements about judge disagreement go to the report's notes
         run.notes.extend(f"{name}: {s}" for s in run.agreement["statements"])
     if (folder / REWARD_GAP_FILE).exists():

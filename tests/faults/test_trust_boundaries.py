@@ -285,7 +285,7 @@ def test_report_metric_names_cannot_escape_the_output_folder(tmp_path):
 
 
 def test_figure_names_are_sanitised():
-    from polyalign.report.plots import Plot, safe_slug
+    from polyalign.report.figures import Plot, safe_slug
 
     assert safe_slug("../../x/y") == "x_y" and safe_slug("..") == "figure" and safe_slug("a-b_c1") == "a-b_c1"
     assert Plot("../evil", "t", "c", b"").slug == "evil"
