@@ -29,7 +29,7 @@ SUBCOMMAND_MODULES = (
 )
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
     """argparse exits with 2 on usage errors already; keep its message on one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -37,12 +37,12 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="polyalign", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="polyalign", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--allow-download", action="store_true",
                         help="let --model hub ids download from the Hugging Face hub (default: local folders, "
                         "known model names and already-cached ids only; same as POLYALIGN_ALLOW_DOWNLOAD=1)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)

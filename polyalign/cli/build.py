@@ -14,8 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from polyalign.cli import ArgumentParser
+from polyalign.errors import UserError
+
 
 def _build(args: argparse.Namespace) -> int:
+    # Lazy: the build pipeline imports torch and transformers; every other subcommand starts without them.
     from polyalign.data.build.config import load_build_config
     from polyalign.data.build.pipeline import run_build
 
@@ -50,11 +54,8 @@ def register_build(data_subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m polyalign.cli.build --config BUILD.yaml`` (same as ``polyalign data build``)."""
-    from polyalign.cli import _ArgumentParser
-    from polyalign.errors import UserError
-
-    parser = _ArgumentParser(prog="polyalign data")
-    register_build(parser.add_subparsers(dest="data_command", parser_class=_ArgumentParser))
+    parser = ArgumentParser(prog="polyalign data")
+    register_build(parser.add_subparsers(dest="data_command", parser_class=ArgumentParser))
     args = parser.parse_args(["build", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)

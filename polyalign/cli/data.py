@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-from collections import Counter
-from typing import Any
 
-from polyalign.data.formats.preference import prompt_text
+from polyalign.cli.build import register_build
+from polyalign.data.fertility import fertility, fertility_lines, load_tokenizer, record_texts
 from polyalign.data.readers import FORMATS, ReadResult, read_records
-from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
+from polyalign.data.summary import summarize
 from polyalign.data.writers import WRITE_FORMATS, unrepresentable, write_records
 from polyalign.errors import UserError
 
@@ -50,70 +48,14 @@ def _read(args: argparse.Namespace) -> ReadResult:
     )
 
 
-def language_counts(records: list[Any]) -> Counter:
-    """Records having text in each language (a parallel pair counts for both its
-    languages; MLC pairs and prompt variants for each prompt language)."""
-    counts: Counter = Counter()
-    for record in records:
-        if isinstance(record, ParallelPair):
-            counts.update({record.dominant.language, record.target.language})
-        elif isinstance(record, PreferencePair):
-            counts.update({record.language} | set(record.variants.prompts if record.variants else ()))
-        elif isinstance(record, PromptVariants):
-            counts.update(set(record.prompts))
-        elif isinstance(record, EvalPrompt):
-            counts[record.language] += 1
-    return counts
-
-
-def length_stats(records: list[Any]) -> dict[str, dict[str, float]]:
-    """Character lengths ``{"prompt"|"chosen"|"rejected": {"n", "min", "median", "max"}}``."""
-    texts: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
-
-    def add_pair(pair: PreferencePair) -> None:
-        texts["prompt"].append(len(prompt_text(pair.prompt)))
-        texts["chosen"].append(len(pair.chosen))
-        texts["rejected"].append(len(pair.rejected))
-
-    for record in records:
-        if isinstance(record, ParallelPair):
-            add_pair(record.dominant)
-            add_pair(record.target)
-        elif isinstance(record, PreferencePair):
-            add_pair(record)
-        elif isinstance(record, PromptVariants):
-            texts["prompt"].extend(len(prompt_text(p)) for p in record.prompts.values())
-        elif isinstance(record, EvalPrompt):
-            texts["prompt"].append(len(record.text))
-    return {name: {"n": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)}
-            for name, v in texts.items() if v}
-
-
-def _summary(result: ReadResult) -> dict[str, Any]:
-    return {
-        "path": str(result.path),
-        "format": result.format,
-        "rows": result.tally.total(),
-        "rows_per_language": result.tally.to_dict(),
-        "notes": list(result.notes),
-        "records": len(result.records),
-        "record_types": dict(result.record_types()),
-        "skipped": dict(result.skipped),
-        "languages": dict(sorted(language_counts(result.records).items())),
-        "lengths": length_stats(result.records),
-        "problems": [str(p) for p in result.problems],
-    }
-
-
 def _inspect(args: argparse.Namespace) -> int:
     if args.max_length is not None and (not args.model or args.max_length < 1):
         raise UserError("needs --model and a positive number of tokens", field="--max-length")
     result = _read(args)
-    summary = _summary(result)
+    summary = summarize(result)
     if args.model:  # tokenizer fertility per language (polyalign.data.fertility)
-        from polyalign.data.fertility import fertility, fertility_lines, load_tokenizer, record_texts
-
-        summary["fertility"] = fertility(load_tokenizer(args.model), record_texts(result.records), max_length=args.max_length)
+        summary["fertility"] = fertility(load_tokenizer(args.model), record_texts(result.records),
+                                         max_length=args.max_length)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
@@ -204,7 +146,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
     convert.add_argument("-o", "--output", required=True, help="output file (written atomically)")
     convert.set_defaults(func=_convert)
-
-    from polyalign.cli.build import register_build
-
     register_build(commands)

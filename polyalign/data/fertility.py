@@ -27,10 +27,10 @@ positions the model was trained on).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from polyalign.data.records import EvalPrompt, Message, ParallelPair, PreferencePair, PromptVariants
+from polyalign.data.records import record_parts
+from polyalign.errors import UserError
 
 # Languages whose writing does not separate words by spaces (ISO 639 base codes).
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"})
@@ -52,7 +52,8 @@ def count_tokens(tokenizer: Any, texts: Sequence[str], batch_size: int = 256) ->
 
 def fertility(tokenizer: Any, texts: Mapping[str, Sequence[str]], *, reference: str = "en",
               max_length: int | None = None) -> dict[str, dict[str, Any]]:
-    """``{language: {n_texts, n_chars, n_words, n_tokens, tokens_per_char, tokens_per_word, ...}}`` (module docstring)."""
+    """``{language: {n_texts, n_chars, n_words, n_tokens, tokens_per_char, tokens_per_word, ...}}``
+    (see the module docstring)."""
     table: dict[str, dict[str, Any]] = {}
     for language, items in texts.items():
         tokens = count_tokens(tokenizer, items)
@@ -80,44 +81,28 @@ def fertility(tokenizer: Any, texts: Mapping[str, Sequence[str]], *, reference: 
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of ``--model`` (folder, known model name or locally cached hub id; never downloads
     unless polyalign --allow-download; no remote code)."""
+    # Lazy: transformers and polyalign.models (torch) are heavy; fertility() itself takes any tokenizer.
     from transformers import AutoTokenizer
 
-    from polyalign.errors import UserError
-    from polyalign.models import _download_allowed, resolve_model_source
+    from polyalign.models import pretrained_source
 
-    where = resolve_model_source(model)
-    local_only = Path(where).is_dir() or not _download_allowed(None)
+    where, local_only = pretrained_source(model)
     try:
         return AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the tokenizer: {str(exc).splitlines()[0]}", file=where, field="--model") from None
 
 
-def _messages(messages: Iterable[Message]) -> list[str]:
-    return [m.content for m in messages if m.content]
-
-
 def record_texts(records: Iterable[Any], *, responses: bool = True) -> dict[str, list[str]]:
     """Every text of the records grouped by its language (prompt turns, and responses when ``responses``)."""
     out: dict[str, list[str]] = {}
-
-    def add_pair(pair: PreferencePair) -> None:
-        bucket = out.setdefault(pair.language, [])
-        bucket.extend(_messages(pair.prompt))
-        if responses:
-            bucket.extend(t for t in (pair.chosen, pair.rejected) if t)
-
-    for record in records:
-        if isinstance(record, ParallelPair):
-            add_pair(record.dominant)
-            add_pair(record.target)
-        elif isinstance(record, PreferencePair):
-            add_pair(record)
-        elif isinstance(record, PromptVariants):
-            for language, prompt in record.prompts.items():
-                out.setdefault(language, []).extend(_messages(prompt))
-        elif isinstance(record, EvalPrompt):
-            out.setdefault(record.language, []).append(record.text)
+    for language, role, content in record_parts(records):
+        bucket = out.setdefault(language, [])
+        if isinstance(content, str):  # an evaluation prompt's text, or a response
+            if role == "prompt" or (responses and content):
+                bucket.append(content)
+        else:
+            bucket.extend(m.content for m in content if m.content)
     return out
 
 
@@ -160,10 +145,11 @@ def fertility_lines(table: Mapping[str, Mapping[str, Any]], *, reference: str = 
             f"{'vs ' + reference:>7} {'max':>6}" + (f" {'over max_length':>16}" if over else ""))
     lines = [head]
     for language, r in table.items():
-        per_word = "–" if r["tokens_per_word"] is None else f"{r['tokens_per_word']:.2f}" + ("" if r["words_meaningful"] else "*")
+        per_word = ("–" if r["tokens_per_word"] is None
+                    else f"{r['tokens_per_word']:.2f}" + ("" if r["words_meaningful"] else "*"))
         rel = "–" if r["relative_tokens"] is None else f"{r['relative_tokens']:.2f}x"
-        line = (f"  {language:<10} {r['n_texts']:>6} {_f(r['tokens_per_char']):>9} {per_word:>9} {_f(r['tokens_per_text']):>9} "
-                f"{rel:>7} {r['max_tokens'] if r['max_tokens'] is not None else '–':>6}")
+        line = (f"  {language:<10} {r['n_texts']:>6} {_f(r['tokens_per_char']):>9} {per_word:>9} "
+                f"{_f(r['tokens_per_text']):>9} {rel:>7} {r['max_tokens'] if r['max_tokens'] is not None else '–':>6}")
         if over:
             line += f" {r.get('n_over_max_length', '–'):>16}"
         lines.append(line)

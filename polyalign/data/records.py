@@ -7,6 +7,7 @@ canonical (see :mod:`polyalign.data.languages`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,3 +153,25 @@ class EvalPrompt:
             source_id=data.get("source_id"),
             metadata=dict(data.get("metadata") or {}),
         )
+
+
+def record_parts(records: Iterable[Any]) -> Iterator[tuple[str, str, tuple[Message, ...] | str]]:
+    """``(language, role, content)`` for every text part of the records, in order.
+
+    ``role`` is ``prompt`` (content: the prompt's messages; an :class:`EvalPrompt`'s text as a
+    string), ``chosen`` or ``rejected`` (the response text). A :class:`ParallelPair` gives its
+    dominant pair then its target pair; :class:`PromptVariants` one prompt per language. An MLC
+    pair's prompt variants are not parts (they ride on the pair, see :attr:`PreferencePair.variants`).
+    """
+    for record in records:
+        pairs = ((record.dominant, record.target) if isinstance(record, ParallelPair)
+                 else (record,) if isinstance(record, PreferencePair) else ())
+        for pair in pairs:
+            yield pair.language, "prompt", pair.prompt
+            yield pair.language, "chosen", pair.chosen
+            yield pair.language, "rejected", pair.rejected
+        if isinstance(record, PromptVariants):
+            for language, prompt in record.prompts.items():
+                yield language, "prompt", prompt
+        elif isinstance(record, EvalPrompt):
+            yield record.language, "prompt", record.text
