@@ -22,6 +22,13 @@ def write_pairs(path: Path, n: int) -> Path:
     return path
 
 
+def custom_prompts_csv(tmp_path: Path, n: int = 3) -> Path:
+    """A ``custom`` benchmark file of ``n`` English prompts (columns ``prompt``, ``lang``)."""
+    data = tmp_path / "prompts.csv"
+    data.write_text("prompt,lang\n" + "".join(f"Question {i}: say hi,en\n" for i in range(n)))
+    return data
+
+
 def write_parallel(path: Path, n: int) -> Path:
     # Target texts differ from the dominant ones, so the reward gaps differ and MPO has a gradient.
     dom, tgt = make_pairs(n, "en", "d", numbered=True), make_pairs(n + 3, "de", "t", numbered=True)[3:]
