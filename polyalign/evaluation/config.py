@@ -129,8 +129,9 @@ class EvalConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             value = list(value) if isinstance(value, tuple) else value
-            if not _plain(value):
-                raise UserError(f"a {type(value).__name__} cannot be written to a config file; give a name or path",
+            bad = _not_plain(value)
+            if bad is not None:
+                raise UserError(f"a {type(bad).__name__} cannot be written to a config file; give a name or path",
                                 field=f.name)
             out[f.name] = value
         return out
@@ -148,14 +149,14 @@ def _tuple(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def _plain(value: Any) -> bool:
+def _not_plain(value: Any) -> Any:
+    """The first value inside ``value`` that YAML cannot hold as plain data (a Python object), else None."""
     if value is None or isinstance(value, (str, bool, int, float)):
-        return True
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
+        return None
+    if isinstance(value, (list, dict)):
+        items = value if isinstance(value, list) else [*value, *value.values()]
+        return next((bad for v in items if (bad := _not_plain(v)) is not None), None)
+    return value
 
 
 def config_fields() -> dict[str, dataclasses.Field]:

@@ -138,6 +138,9 @@ def test_yaml_round_trip(tmp_path):
     with pytest.raises(UserError, match="BenchmarkSpec cannot be written") as err:
         EvalConfig(benchmark=get_benchmark("custom")).to_yaml()
     assert err.value.field == "benchmark"
+    with pytest.raises(UserError, match="PosixPath cannot be written|WindowsPath cannot be written") as err:
+        EvalConfig(judge_options={"cache": tmp_path}).to_yaml()
+    assert err.value.field == "judge_options"
 
 
 def test_kind_table_is_the_only_place_kinds_differ():
