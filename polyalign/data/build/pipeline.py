@@ -219,23 +219,31 @@ class BuildPipeline:
             report.add(stage, samples[0]["language"], out[key][2] or "kept")
         return out
 
+    def _generated_pairs(self, stage: str, fp: str, output: str, prompts: list[EvalPrompt], *,
+                         need_rejected: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Self-generate and judge ``prompts`` into ``output`` (or reuse the finished stage with this
+        fingerprint); returns (response pairs by generation id, the stage's entry)."""
+        entry = self._reusable(stage, fp)
+        report = FilterReport()
+        if entry is None:
+            rows, errors = self._generate_and_judge(stage, prompts, report) if prompts else ([], 0)
+            entry = self._finish(stage, fp, output, rows, report, complete=errors == 0)
+        else:
+            entry = {**entry, "reused": True}
+            report = FilterReport.from_dict(entry["filters"])
+        pairs = self._pairs_from_samples(_rows(self.work / entry["output"]), report, f"{stage}_pairing",
+                                         need_rejected=need_rejected)
+        entry["filters"] = report.to_dict()
+        return pairs, entry
+
     def stage_dominant(self, sources: list[PreferencePair], upstream: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
         c = self.config
         if not c.needs_dominant_generation:
             return {p.id: p.chosen for p in sources}, text_fingerprint("dominant", upstream, "dataset"), {"skipped": True}
         fp = text_fingerprint("dominant", upstream, self._gen_identity(), self._judge_identity(), c.filters.to_dict())
-        entry = self._reusable("dominant", fp)
-        report = FilterReport()
-        if entry is None:
-            prompts = [EvalPrompt(gen_id(p.id, c.dominant_language), c.dominant_language, prompt_text(p.prompt), "build")
-                       for p in sources]
-            rows, errors = self._generate_and_judge("dominant", prompts, report)
-            entry = self._finish("dominant", fp, "02_dominant.jsonl", rows, report, complete=errors == 0)
-        else:
-            entry = {**entry, "reused": True}
-            report = FilterReport.from_dict(entry["filters"])
-        pairs = self._pairs_from_samples(_rows(self.work / entry["output"]), report, "dominant_pairing", need_rejected=False)
-        entry["filters"] = report.to_dict()
+        prompts = [EvalPrompt(gen_id(p.id, c.dominant_language), c.dominant_language, prompt_text(p.prompt), "build")
+                   for p in sources]
+        pairs, entry = self._generated_pairs("dominant", fp, "02_dominant.jsonl", prompts, need_rejected=False)
         chosen: dict[str, Any] = {}
         for p in sources:
             answer, _, reason = pairs[gen_id(p.id, c.dominant_language)]
@@ -297,18 +305,9 @@ class BuildPipeline:
         if not c.needs_target_generation:
             return prompts_by_key, text_fingerprint("target", upstream, "translate"), {"skipped": True}
         fp = text_fingerprint("target", upstream, self._gen_identity(), self._judge_identity(), c.filters.to_dict())
-        entry = self._reusable("target", fp)
-        report = FilterReport()
-        if entry is None:
-            prompts = [EvalPrompt(gen_id(pid, lang), lang, prompt_text(turns), "build")
-                       for (pid, lang), turns in prompts_by_key.items() if not isinstance(turns, str)]
-            rows, errors = self._generate_and_judge("target", prompts, report) if prompts else ([], 0)
-            entry = self._finish("target", fp, "04_target.jsonl", rows, report, complete=errors == 0)
-        else:
-            entry = {**entry, "reused": True}
-            report = FilterReport.from_dict(entry["filters"])
-        pairs = self._pairs_from_samples(_rows(self.work / entry["output"]), report, "target_pairing", need_rejected=True)
-        entry["filters"] = report.to_dict()
+        prompts = [EvalPrompt(gen_id(pid, lang), lang, prompt_text(turns), "build")
+                   for (pid, lang), turns in prompts_by_key.items() if not isinstance(turns, str)]
+        pairs, entry = self._generated_pairs("target", fp, "04_target.jsonl", prompts, need_rejected=True)
         sides: dict[tuple[str, str], Side | str] = {}
         for key, turns in prompts_by_key.items():
             if isinstance(turns, str):

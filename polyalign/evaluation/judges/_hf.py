@@ -37,19 +37,45 @@ def resolve_model(
     return model.eval(), tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
 
+PROMPT_FORMATS = ("auto", "chat_template", "raw")
+
+
+def check_prompt_format(prompt_format: str) -> None:
+    if prompt_format not in PROMPT_FORMATS:
+        raise UserError("prompt_format must be auto, chat_template or raw", field="prompt_format")
+
+
+def resolve_prompt_format(prompt_format: str, templated: bool, family: str) -> str:
+    """``chat_template`` or ``raw``: ``auto`` takes the tokenizer's template when it is the guard's own
+    (``templated``); asking for ``chat_template`` without one is a :class:`UserError`."""
+    if prompt_format == "chat_template" and not templated:
+        raise UserError(f"the tokenizer has no {family} chat template", field="prompt_format")
+    return "chat_template" if prompt_format == "chat_template" or (prompt_format == "auto" and templated) else "raw"
+
+
 class GenerativeGuard(Judge):
     """A guard model that answers in text: encode each item, greedy-generate, read the answer.
 
-    Subclasses set ``model``, ``tokenizer``, ``max_new_tokens``, ``batch_size`` and
-    ``max_input_tokens`` and implement :meth:`encode` and :meth:`read_answer`. An input longer
+    Subclasses call this ``__init__`` (it loads the model) and implement :meth:`encode` and
+    :meth:`read_answer`. An input longer
     than ``max_input_tokens`` is a failed judgment (never generated, never safe).
     """
 
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    max_new_tokens: int
-    batch_size: int
-    max_input_tokens: int | None
+    def __init__(
+        self,
+        model: str | Path | PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None,
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        max_input_tokens: int | None,
+        dtype: str | torch.dtype | None,
+        device: str | torch.device | None,
+    ) -> None:
+        self.model, self.tokenizer, self.model_name = resolve_model(model, tokenizer, dtype=dtype, device=device)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.max_input_tokens = max_input_tokens
 
     def encode(self, item: JudgeInput) -> list[int]:
         raise NotImplementedError

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import GenerativeGuard, resolve_model
+from polyalign.evaluation.judges._hf import GenerativeGuard, check_prompt_format, resolve_prompt_format
 from polyalign.evaluation.judges.base import JudgeInput, Judgment
 from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
 
@@ -145,17 +145,11 @@ class LlamaGuardJudge(GenerativeGuard):
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        if prompt_format not in ("auto", "chat_template", "raw"):
-            raise UserError("prompt_format must be auto, chat_template or raw", field="prompt_format")
-        self.model, self.tokenizer, self.model_name = resolve_model(model, tokenizer, dtype=dtype, device=device)
-        templated = has_llama_guard_template(self.tokenizer)
-        if prompt_format == "chat_template" and not templated:
-            raise UserError("the tokenizer has no Llama Guard chat template", field="prompt_format")
-        self.prompt_format = "chat_template" if (prompt_format == "auto" and templated) else (
-            "raw" if prompt_format == "auto" else prompt_format)
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_input_tokens = max_input_tokens
+        check_prompt_format(prompt_format)
+        super().__init__(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         max_input_tokens=max_input_tokens, dtype=dtype, device=device)
+        self.prompt_format = resolve_prompt_format(prompt_format, has_llama_guard_template(self.tokenizer),
+                                                   "Llama Guard")
         self.unsafe_ids = unsafe_token_ids(self.tokenizer)
 
     def settings(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import GenerativeGuard, resolve_model
+from polyalign.evaluation.judges._hf import GenerativeGuard
 from polyalign.evaluation.judges.base import JudgeInput, Judgment
 from polyalign.evaluation.judges.llama_guard import CATEGORY_NAMES, PROMPT_CATEGORY_NAMES
 from polyalign.evaluation.judges.untrusted import encode_segments, render_segments
@@ -145,12 +145,10 @@ class PolyGuardJudge(GenerativeGuard):
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.model_name = resolve_model(model, tokenizer, dtype=dtype, device=device)
+        super().__init__(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         max_input_tokens=max_input_tokens, dtype=dtype, device=device)
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError("PolyGuard needs the model's chat template; the tokenizer has none", field="tokenizer")
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_input_tokens = max_input_tokens
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_name, "max_new_tokens": self.max_new_tokens}

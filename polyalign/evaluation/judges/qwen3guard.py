@@ -44,7 +44,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polyalign.errors import UserError
-from polyalign.evaluation.judges._hf import GenerativeGuard, pad_token_id, resolve_model
+from polyalign.evaluation.judges._hf import GenerativeGuard, check_prompt_format, pad_token_id, resolve_prompt_format
 from polyalign.evaluation.judges.base import JudgeInput, Judgment
 from polyalign.evaluation.judges.qwen3guard_format import (
     LEVELS,
@@ -108,19 +108,15 @@ class Qwen3GuardJudge(GenerativeGuard):
         device: str | torch.device | None = None,
     ) -> None:
         check_options(moderate, controversial_as)
-        if prompt_format not in ("auto", "chat_template", "raw"):
-            raise UserError("prompt_format must be auto, chat_template or raw", field="prompt_format")
-        self.model, self.tokenizer, self.model_name = resolve_model(model, tokenizer, dtype=dtype, device=device)
+        check_prompt_format(prompt_format)
+        super().__init__(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         max_input_tokens=max_input_tokens, dtype=dtype, device=device)
         missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in added_tokens(self.tokenizer)]
         if missing:
             raise UserError(f"not a Qwen3Guard tokenizer: no {', '.join(missing)} token", field="tokenizer")
-        templated = has_qwen3guard_template(self.tokenizer)
-        if prompt_format == "chat_template" and not templated:
-            raise UserError("the tokenizer has no Qwen3Guard chat template", field="prompt_format")
-        self.prompt_format = "chat_template" if prompt_format == "chat_template" or (
-            prompt_format == "auto" and templated) else "raw"
+        self.prompt_format = resolve_prompt_format(prompt_format, has_qwen3guard_template(self.tokenizer),
+                                                   "Qwen3Guard")
         self.moderate, self.controversial_as, self.level_scores = moderate, controversial_as, level_scores
-        self.max_new_tokens, self.batch_size, self.max_input_tokens = max_new_tokens, batch_size, max_input_tokens
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_name, "moderate": self.moderate,
