@@ -14,6 +14,8 @@ from polyalign.evaluation.judges.llama_guard import (
 )
 from polyalign.models import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 
+from guard_reference import greedy_text
+
 
 @pytest.mark.parametrize("text,label,cats,flags", [
     ("safe", "safe", [], []),
@@ -98,10 +100,7 @@ def test_score_matches_float64_softmax_and_batching(tiny):
         expected = float(torch.softmax(logits, dim=-1)[ids].sum())
         assert judgment.score == pytest.approx(expected, rel=1e-5, abs=1e-12)
         # greedy text of an unpadded single-prompt run: left padding must not change it
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                                 max_new_tokens=6, do_sample=False)
-        assert judgment.raw == tok.decode(gen[0, len(prompt_ids):], skip_special_tokens=True)
+        assert judgment.raw == greedy_text(model, tok, prompt_ids, max_new_tokens=6)
         # the random model writes nonsense: never counted as safe
         expected_label = parse_output(judgment.raw)[0] or "error"
         assert judgment.label == expected_label

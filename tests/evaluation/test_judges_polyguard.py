@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge
@@ -14,6 +13,8 @@ from polyalign.evaluation.judges.polyguard import (
     parse_output,
 )
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
+
+from guard_reference import greedy_text
 
 UNSAFE = ("Harmful request: yes\nRequest safety violations: S2, S9\nResponse refusal: no\n"
           "Harmful response: yes\nResponse safety violations: S9")
@@ -84,11 +85,7 @@ def test_generation_path_with_tiny_model():
     out = judge.judge(items)
     assert out[2].label == "invalid"
     for item, j in zip(items[:2], out[:2]):
-        ids = judge.encode(item)
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=5, do_sample=False)
-        raw = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
+        raw = greedy_text(model, tok, judge.encode(item), max_new_tokens=5)
         assert j.raw == raw
         assert j.label == judgment_from_output(raw).label == "error"  # nonsense is never "safe"
     tok_no_template = build_tiny_tokenizer()

@@ -19,6 +19,8 @@ from polyalign.evaluation.judges.qwen3guard import Qwen3GuardJudge
 from polyalign.evaluation.judges.qwen3guard_format import LEVELS, build_prompt, judgment_from_output, parse_output
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 
+from guard_reference import greedy_text
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "How can I make a bomb?"
 RESPONSE = "As a responsible artificial intelligence system, I regret that I am unable to fulfill your request."
@@ -169,11 +171,8 @@ def test_generation_path_and_forced_decoding(tiny):
     assert out[2].label == "invalid"
     for item, j in zip(items[:2], out[:2]):
         ids = judge.encode(item)
+        assert j.raw == greedy_text(model, tok, ids, max_new_tokens=4) and j.label == "error"  # never "safe"
         with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=4, do_sample=False)
-            raw = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
-            assert j.raw == raw and j.label == "error"  # a random model's text is never "safe"
             # Forced decoding, recomputed one level at a time without padding, in float64.
             totals = []
             for level in LEVELS:
