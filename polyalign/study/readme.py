@@ -19,6 +19,9 @@ from typing import Any
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, atomic_write_text, replace_marked_block
 from polyalign.provenance import REPO_ROOT
+from polyalign.study.cost import budget_verdict, predict
+from polyalign.study.recipe import load_recipe
+from polyalign.study.runner import expected_stages
 from polyalign.study.table import BEGIN, END, LABELS, group_table, results_table
 
 SUMMARY_FILE = REPO_ROOT / "results" / "study" / "summary.json"
@@ -30,6 +33,20 @@ def published(summary: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in summary.items() if k != "examples"}
     if out.get("probes"):  # the analysis model's name, not this machine's cache path
         out["probes"] = {**out["probes"], "model": Path(str(out["probes"]["model"])).name}
+    out["budget"] = budget(out)
+    return out
+
+
+def budget(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's cost vs its recipe's ``budget_minutes``; for a quick run also the full recipe's
+    predicted cost from this run's stage records (:mod:`polyalign.study.cost`)."""
+    values = summary["recipe"]["values"]
+    out: dict[str, Any] = {"measured": budget_verdict(summary["cost"], values.get("budget_minutes"))}
+    if summary["recipe"]["quick"] and not summary["cost"].get("stages_missing"):
+        full = load_recipe(REPO_ROOT / summary["recipe"]["path"])
+        prediction = predict(full.values, expected_stages(full), summary)
+        out["full_recipe_prediction"] = {**prediction, "budget_min": full.get("budget_minutes"),
+                                         "met": prediction["idle_wall_min"] <= (full.get("budget_minutes") or 0)}
     return out
 
 
@@ -74,12 +91,34 @@ def render_readme_block(summary: dict[str, Any]) -> str:
         lines += ["", f"**Partial study: {len(missing)} stage(s) not finished** ({', '.join(missing)}); the table "
                   "shows the finished ones only."]
     what = "sum of the finished stages" if cost.get("from_stage_records") else "the whole command"
-    lines += ["", f"Cost ({what}): {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
+    lines += ["", *_budget_lines(summary.get("budget")),
+              f"Cost ({what}): {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
               f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads, 1-minute load {load['start']} at the "
               f"start and {load['end']} at the end ({'quick' if summary['recipe']['quick'] else 'full'} recipe "
               f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}{' + local changes' if git.get('dirty') else ''}"
               f"; stages reused from an earlier run: {len(cost['stages_skipped'])}).", "", END]
     return "\n".join(lines)
+
+
+def _met(flag: bool | None) -> str:
+    return "no budget set" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def _budget_lines(budget: dict[str, Any] | None) -> list[str]:
+    """The budget sentence(s): CPU-min / 2 = the idle-machine wall estimate (the machine is shared)."""
+    if not budget:
+        return []
+    m = budget["measured"]
+    lines = [f"Budget: {m['cpu_min']:.1f} CPU-min / 2 cores = {m['idle_wall_min']:.1f} min, the idle-machine wall "
+             f"estimate, against a budget of {m['budget_min']} min: {_met(m['met'])}."]
+    p = budget.get("full_recipe_prediction")
+    if p:
+        slowest = max(p["per_stage"], key=p["per_stage"].get)
+        lines[0] += (f" The full recipe (`make study`), predicted from this run's stage costs scaled by each stage's "
+                     f"work (polyalign/study/cost.py; fixed costs scaled too, so an overestimate; not a measurement): "
+                     f"{p['cpu_s'] / 60:.0f} CPU-min = {p['idle_wall_min']:.0f} min against {p['budget_min']} min: "
+                     f"{_met(p['met'])} (largest stage: {slowest}, {p['per_stage'][slowest] / 60:.1f} CPU-min).")
+    return lines + [""]
 
 
 def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY_FILE) -> bool:

@@ -27,6 +27,7 @@ NEEDS_DPO_EN = ("mpo", "dpo_target")
 _NUM = (int, float)
 SCHEMA: dict[str, Any] = {
     "model": str, "analysis_model": (str, type(None)), "seeds": list, "methods": list, "threads": int,
+    "budget_minutes": _NUM,
     "data": {"mpo_file": str, "multijail": str, "detox_parallel": (str, type(None)), "target_languages": list,
              "target_pairs_per_language": int, "reward_gap_pairs_per_language": int, "sample_seed": int},
     "train": dict,
@@ -132,9 +133,9 @@ def _check_values(values: dict[str, Any], path: str, lines: dict[str, int]) -> N
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise fail("seeds", f"expected distinct integers, got {seeds!r}")
     for name in ("data.target_pairs_per_language", "data.reward_gap_pairs_per_language", "eval.prompts_per_language",
-                 "eval.max_new_tokens", "eval.batch_size", "degenerate.ngram", "threads"):
+                 "eval.max_new_tokens", "eval.batch_size", "degenerate.ngram", "threads", "budget_minutes"):
         section, _, key = name.rpartition(".")
-        value = values[section][key] if section else values[key]
+        value = values[section][key] if section else values.get(key, 1)
         if value < 1:
             raise fail(name, f"must be >= 1, got {value}")
     if not 0 < values["degenerate"]["max_distinct"] <= 1:

@@ -13,6 +13,7 @@ Output folder layout (every file a stage writes stays; the table is rebuilt from
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -113,7 +114,8 @@ def run_study(recipe: StudyRecipe, out_dir: str | Path, *, log: Callable[[str], 
 
     cost = {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu_seconds() - cpu0, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1), "load_average_1min": {"start": load0, "end": load_average()},
-            "threads": recipe["threads"], "stages_run": stages.ran, "stages_skipped": stages.skipped,
+            "threads": recipe["threads"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "budget_minutes": recipe.get("budget_minutes"), "stages_run": stages.ran, "stages_skipped": stages.skipped,
             "stages_missing": [name for name in expected_stages(recipe) if name not in stages.records()]}
     summary = table.build_summary(recipe, out, data_info, stages.records(), cost)
     table.write_outputs(summary, out)
