@@ -56,8 +56,10 @@ from polyalign.data.build.translate import build_translator
 from polyalign.data.build.translate_hf import model_identity
 from polyalign.data.build.translation import Translator
 from polyalign.data.formats.preference import prompt_text
+from polyalign.data.readers import read_records
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair
 from polyalign.errors import UserError
+from polyalign.evaluation.judges import get_judge
 from polyalign.io import atomic_write_json, atomic_write_jsonl, file_fingerprint, iter_jsonl, text_fingerprint
 from polyalign.store import new_run_id
 
@@ -115,8 +117,6 @@ class BuildPipeline:
     @property
     def judge(self) -> Any:
         if self._judge is None:
-            from polyalign.evaluation.judges import get_judge
-
             self._judge = get_judge(self.config.judge["name"], **dict(self.config.judge.get("options") or {}))
         return self._judge
 
@@ -147,8 +147,6 @@ class BuildPipeline:
 
     # -- stages ----------------------------------------------------------------------------
     def stage_source(self) -> tuple[list[PreferencePair], dict[str, Any]]:
-        from polyalign.data.readers import read_records
-
         c = self.config
         fp = text_fingerprint("source", file_fingerprint(c.input_path), c.input_format, c.column_map, c.limit,
                               c.dominant_language)

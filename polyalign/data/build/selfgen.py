@@ -20,8 +20,11 @@ from typing import Any
 
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
+from polyalign.evaluation.fingerprints import model_fingerprint
 from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_tasks, run_generation
+from polyalign.evaluation.judges import JudgeInput
 from polyalign.io import text_fingerprint
+from polyalign.models import load_model_and_tokenizer
 from polyalign.store import JsonlStore
 
 DEFAULT_GENERATION = {"num_samples": 4, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256, "seed": 0}
@@ -57,9 +60,6 @@ class SelfGenerator:
     @classmethod
     def from_options(cls, model_options: dict[str, Any], generation_options: dict[str, Any]) -> "SelfGenerator":
         """Load ``model.path`` (safetensors, no remote code) with the generation settings."""
-        from polyalign.evaluation.fingerprints import model_fingerprint
-        from polyalign.models import load_model_and_tokenizer
-
         settings, batch_size = generation_settings(generation_options)
         model, tokenizer = load_model_and_tokenizer(model_options["path"], dtype=model_options.get("dtype"),
                                                     device=model_options.get("device"))
@@ -106,8 +106,6 @@ def judge_generations(
 
     ``stats``: ``{"judged", "reused", "errors"}``. Errors are not stored (retried next run).
     """
-    from polyalign.evaluation.judges import JudgeInput
-
     settings = {"generations": generation_fp, "judge": judge.settings()}
     by_id = {p.id: p for p in prompts}
     stats = {"judged": 0, "reused": 0, "errors": 0}
