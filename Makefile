@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile -q --durations=30
 
 # Real pretrained models (tests/real_models, marker real_model, deselected by `make test`):
 # `polyalign models get` for SmolLM2-135M-Instruct and Gemma-3-270M (cached in ~/.cache/polyalign;
