@@ -59,7 +59,8 @@ class RetryPolicy:
         if not all(math.isfinite(v) for v in values):
             raise UserError("timeout, backoff and jitter settings must be finite numbers", field="retry")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 or self.max_body_bytes < 1:
-            raise UserError("timeout_s must be > 0, max_retries >= 0, concurrency >= 1, max_body_bytes >= 1", field="retry")
+            raise UserError("timeout_s must be > 0, max_retries >= 0, concurrency >= 1, max_body_bytes >= 1",
+                            field="retry")
         if min(self.backoff_base_s, self.backoff_max_s, self.jitter_s, self.retry_after_max_s) < 0:
             raise UserError("backoff and jitter settings must be >= 0", field="retry")
 
@@ -132,7 +133,8 @@ def key_env_for(url: str, default_url: str, api_key_env: str | None, default_env
     return default_env if _origin(url) == _origin(default_url) else None
 
 
-def require_named_key(env: str | None, url: str, default_env: str, *, required: bool, field: str = "api_key_env") -> None:
+def require_named_key(env: str | None, url: str, default_env: str, *, required: bool,
+                      field: str = "api_key_env") -> None:
     """A UserError when a key is required for a custom host but no variable was named."""
     if env is None and required:
         raise UserError(f"{redact(url)} is not the default endpoint: name the variable holding its key with "

@@ -48,7 +48,8 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
         for key in sorted(set(old) | set(new), key=str):
             if old.get(key) != new.get(key):
                 return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.') or 'settings'}: stored {json.dumps(old, default=str)} != now {json.dumps(new, default=str)}"
+    stored, now = json.dumps(old, default=str), json.dumps(new, default=str)
+    return f"{prefix.rstrip('.') or 'settings'}: stored {stored} != now {now}"
 
 
 def peek_fingerprint(path: str | Path) -> str | None:
@@ -117,7 +118,8 @@ class JsonlStore:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._handle.close()
-            raise UserError("store is in use by another running process (one writer at a time)", file=self.path) from None
+            raise UserError("store is in use by another running process (one writer at a time)",
+                            file=self.path) from None
         try:
             self._load()
         except BaseException:
@@ -126,7 +128,8 @@ class JsonlStore:
 
     # -- reading ---------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
-        return {"_store": self.kind, "version": STORE_VERSION, "fingerprint": self.fingerprint, "settings": self.settings}
+        return {"_store": self.kind, "version": STORE_VERSION, "fingerprint": self.fingerprint,
+                "settings": self.settings}
 
     def _load(self) -> None:
         self._handle.seek(0)
@@ -154,7 +157,8 @@ class JsonlStore:
                             file=self.path, line=1)
         if header.get("fingerprint") != self.fingerprint:
             diff = _first_difference(header.get("settings"), self.settings)
-            raise UserError(f"was written with different settings ({diff}); {self.hint}", file=self.path, field="settings")
+            raise UserError(f"was written with different settings ({diff}); {self.hint}", file=self.path,
+                            field="settings")
         lines = data.split(b"\n")
         # ``data`` ends with b"\n" for a clean file, so the last element is b"" then.
         complete, tail = lines[:-1], lines[-1]
@@ -172,7 +176,8 @@ class JsonlStore:
                     self.recovered_torn_lines += 1
                     keep_bytes -= len(raw) + 1
                     continue
-                raise UserError(f"corrupt {self.kind} store line (not a torn last line); fix or delete the file", file=self.path, line=number) from None
+                raise UserError(f"corrupt {self.kind} store line (not a torn last line); fix or delete the file",
+                                file=self.path, line=number) from None
             parsed.append((number, obj))
         if parsed and self.refuse_reuse:
             raise UserError(f"holds {len(parsed)} earlier record(s), but {self.refuse_reuse}: they cannot be shown to "
@@ -200,8 +205,8 @@ class JsonlStore:
         return obj if isinstance(obj, dict) else None
 
     def _report_torn(self) -> None:
-        print(f"polyalign: {self.path}: removed {self.recovered_torn_lines} torn last line(s) from an interrupted write; "
-              "that work is redone", file=sys.stderr)
+        print(f"polyalign: {self.path}: removed {self.recovered_torn_lines} torn last line(s) from an interrupted "
+              "write; that work is redone", file=sys.stderr)
 
     def key_of(self, record: dict[str, Any]) -> tuple:
         """The record's key: the values of ``key_fields``."""

@@ -183,7 +183,8 @@ def _neurons(args: argparse.Namespace) -> int:
         "probe": probe.to_dict(),
         "n_ranked": len(ranked),
         "n_kept": len(kept),
-        "neurons": [{**n.to_dict(), "top_tokens": neuron_top_tokens(model, tokenizer, n, args.top_tokens)} for n in kept],
+        "neurons": [{**n.to_dict(), "top_tokens": neuron_top_tokens(model, tokenizer, n,
+                                                                    args.top_tokens)} for n in kept],
     }
     data: dict[str, Any] = {"probe_data": args.probe_data, "probe_fingerprint": file_fingerprint(args.probe_data)}
     if by_language is not None:

@@ -61,7 +61,8 @@ def _sequences(
 def collate_preference(
     examples: Sequence[dict[str, Any]], pad_token_id: int, *, pad_to_multiple_of: int | None = None
 ) -> dict[str, Any]:
-    """Preference batch (chosen rows first, then rejected) from :func:`~polyalign.data.tokenize.tokenize_pair` outputs."""
+    """Preference batch (chosen rows first, then rejected) from
+    :func:`~polyalign.data.tokenize.tokenize_pair` outputs."""
     prompts = [list(e["prompt_input_ids"]) for e in examples]
     responses = [list(e["chosen_input_ids"]) for e in examples] + [list(e["rejected_input_ids"]) for e in examples]
     batch: dict[str, Any] = _sequences(prompts + prompts, responses, pad_token_id, pad_to_multiple_of)
@@ -96,9 +97,11 @@ def collate_sft(
 def collate_mpo(
     examples: Sequence[dict[str, Any]], pad_token_id: int, *, pad_to_multiple_of: int | None = None
 ) -> dict[str, Any]:
-    """MPO batch ``{"target", "dominant", "ids"}`` from :func:`~polyalign.data.tokenize.tokenize_parallel_pair` outputs."""
+    """MPO batch ``{"target", "dominant", "ids"}`` from
+    :func:`~polyalign.data.tokenize.tokenize_parallel_pair` outputs."""
     return {
-        "target": collate_preference([e["target"] for e in examples], pad_token_id, pad_to_multiple_of=pad_to_multiple_of),
+        "target": collate_preference([e["target"] for e in examples], pad_token_id,
+                                     pad_to_multiple_of=pad_to_multiple_of),
         "dominant": collate_preference([e["dominant"] for e in examples], pad_token_id,
                                        pad_to_multiple_of=pad_to_multiple_of),
         "ids": [str(e["id"]) for e in examples],

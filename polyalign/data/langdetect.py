@@ -21,8 +21,8 @@ Two uses, with two different bars:
   all, lingua's top language differs from the declared one with confidence >= 0.9, and
   lingua gives the declared language < 0.05, the two are not close relatives (da/sv/no,
   id/ms, hi/mr, es/pt, cs/sk, ...) unless the text is long, and no segment of the text
-  is in the declared language (a French line with glued words is not Yoruba). On the shared data these rules flag none of
-  the 17.5k texts with a declared language (MLC, MultiJail, XSafety, RTP-LX, detox), where
+  is in the declared language (a French line with glued words is not Yoruba). On the shared data these rules flag none
+  of the 17.5k texts with a declared language (MLC, MultiJail, XSafety, RTP-LX, detox), where
   the loose rule "top != declared" flags ~190 (Hindi vs Marathi, Indonesian vs Malay); they
   do flag the 17 Gemma MPO target prompts that were left untranslated (English).
 """

@@ -232,7 +232,8 @@ def _skip_or_raise(exc: _Skip, example_id: str, settings: TokenizeSettings, stat
     stats.skip(exc.reason, example_id)
 
 
-def _tokenize_pair(pair: PreferencePair, tokenizer: Any, settings: TokenizeSettings, stats: TokenizeStats) -> dict[str, Any]:
+def _tokenize_pair(pair: PreferencePair, tokenizer: Any, settings: TokenizeSettings,
+                   stats: TokenizeStats) -> dict[str, Any]:
     prompt_text, prompt_ids = render_prompt_ids(tokenizer, pair.prompt, settings)
     responses = [
         response_ids(tokenizer, pair.prompt, prompt_text, prompt_ids, text, settings, pair.id, stats)

@@ -86,7 +86,8 @@ def _table_html(table: Table, run_index: dict[str, int]) -> str:
 def _runs_html(runs: list[RunData]) -> str:
     rows = []
     for i, run in enumerate(runs):
-        extras = [x for x in ("reward_gap.json" if run.reward_gap else "", "retrieval.json" if run.retrieval else "") if x]
+        extras = [x for x in ("reward_gap.json" if run.reward_gap else "",
+                              "retrieval.json" if run.retrieval else "") if x]
         rows.append(
             f'<tr><td class="label"><span class="swatch" style="background:{run_colour(i)}"></span>{_e(run.name)}</td>'
             f'<td class="label"><code>{_e(run.path)}</code></td><td class="label">{_e(run.model or "?")}</td>'
@@ -113,13 +114,14 @@ def render_html(report: Report) -> str:
     ]
     if report.warnings:
         items = "".join(f"<li>{_e(w)}</li>" for w in report.warnings)
-        parts.append(f'<div class="warn"><b>Dominant language gets worse while the mean improves:</b><ul>{items}</ul></div>')
+        parts.append('<div class="warn"><b>Dominant language gets worse while the mean improves:</b>'
+                     f"<ul>{items}</ul></div>")
     if report.plots:
         parts.append("<h2>Figures</h2>")
         for plot in report.plots:
             data = base64.b64encode(plot.png).decode("ascii")
-            parts.append(f'<figure id="fig-{_e(plot.slug)}"><img alt="{_e(plot.title)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{_e(plot.caption)}</figcaption></figure>")
+            parts.append(f'<figure id="fig-{_e(plot.slug)}"><img alt="{_e(plot.title)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{_e(plot.caption)}</figcaption></figure>')
     parts.append("<h2>Per-language metrics</h2>")
     for table, delta in report.tables:
         parts.append('<div class="tables">' + _table_html(table, run_index)

@@ -122,7 +122,8 @@ def _language_map(obj: Any, file: Path, where: str) -> dict[str, Any]:
     for key, value in obj.items():
         lang = _canonical(key, file, where)
         if lang in out:
-            raise UserError(f"languages {raw_of[lang]!r} and {key!r} are the same language ({lang})", file=file, field=where)
+            raise UserError(f"languages {raw_of[lang]!r} and {key!r} are the same language ({lang})", file=file,
+                            field=where)
         out[lang], raw_of[lang] = value, str(key)
     return out
 
@@ -138,8 +139,10 @@ def _name_of(value: Any) -> str | None:
 
 
 def _metrics(results: Any, file: Path, notes: list[str]) -> dict[str, dict[str, float | None]]:
-    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict) or "per_language" not in results["metrics"]:
-        raise UserError("not an evaluation results file (no metrics.per_language)", file=file, field="metrics.per_language")
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"),
+                                                       dict) or "per_language" not in results["metrics"]:
+        raise UserError("not an evaluation results file (no metrics.per_language)", file=file,
+                        field="metrics.per_language")
     langs = _language_map(results["metrics"]["per_language"], file, "metrics.per_language")
     if not langs:
         raise UserError("no languages in metrics.per_language", file=file, field="metrics.per_language")
@@ -225,9 +228,11 @@ def _consistency(obj: Any, file: Path) -> dict[str, Any] | None:
     langs = matrix.get("languages") if isinstance(matrix, dict) else None
     rows = matrix.get("agreement") if isinstance(matrix, dict) else None
     if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs) or not isinstance(rows, list):
-        raise UserError("expected {'matrix': {'languages': [codes], 'agreement': [[...]]}}", file=file, field="consistency")
+        raise UserError("expected {'matrix': {'languages': [codes], 'agreement': [[...]]}}", file=file,
+                        field="consistency")
     if len(rows) != len(langs) or any(not isinstance(r, list) or len(r) != len(langs) for r in rows):
-        raise UserError(f"the agreement matrix must be {len(langs)} x {len(langs)}", file=file, field="consistency.matrix")
+        raise UserError(f"the agreement matrix must be {len(langs)} x {len(langs)}", file=file,
+                        field="consistency.matrix")
     if any(v is not None and not (_is_number(v) and 0.0 <= float(v) <= 1.0) for r in rows for v in r):
         raise UserError("agreement values must be numbers in [0, 1] or null", file=file, field="consistency.matrix")
     dominant = obj.get("dominant")
@@ -242,7 +247,8 @@ def _agreement(obj: Any, file: Path) -> dict[str, Any] | None:
         return None
     pairs = obj.get("pairs") if isinstance(obj, dict) else None
     if not isinstance(pairs, list) or not pairs:
-        raise UserError("expected {'pairs': [{'a', 'b', 'per_language': {lang: {'kappa': ...}}}]}", file=file, field="agreement")
+        raise UserError("expected {'pairs': [{'a', 'b', 'per_language': {lang: {'kappa': ...}}}]}", file=file,
+                        field="agreement")
     out = []
     for i, pair in enumerate(pairs):
         per = pair.get("per_language") if isinstance(pair, dict) else None
@@ -252,7 +258,8 @@ def _agreement(obj: Any, file: Path) -> dict[str, Any] | None:
         for lang, m in per.items():
             value = m.get("kappa") if isinstance(m, dict) else "missing"
             if value is not None and not (_is_number(value) and -1.0 <= float(value) <= 1.0):
-                raise UserError("kappa must be a number in [-1, 1] or null", file=file, field=f"agreement.pairs[{i}].{lang}")
+                raise UserError("kappa must be a number in [-1, 1] or null", file=file,
+                                field=f"agreement.pairs[{i}].{lang}")
             kappa[_canonical(lang, file, f"agreement.pairs[{i}]")] = None if value is None else _number(value)
         out.append({"label": f"{pair['a']} vs {pair['b']}", "kappa": kappa})
     statements = obj.get("statements") if isinstance(obj.get("statements"), list) else []
@@ -271,7 +278,8 @@ def load_run(path: str | Path, name: str) -> RunData:
     else:
         results_file, folder = path / RESULTS_FILE, path
         if not results_file.exists():
-            raise UserError(f"no {RESULTS_FILE} in this run folder (is it a 'polyalign eval' output?)", file=results_file)
+            raise UserError(f"no {RESULTS_FILE} in this run folder (is it a 'polyalign eval' output?)",
+                            file=results_file)
     results = read_json(results_file)
     notes: list[str] = []
     per_language = _metrics(results, results_file, notes)

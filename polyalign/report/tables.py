@@ -286,6 +286,7 @@ def _series_table(title: str, description: str, columns: list[str], series: list
         label = language_label(lang) + (" — dominant" if lang == dominant else "")
         rows.append(Row(label, values, [fmt(v) for v in values], language=lang, dominant=lang == dominant))
     summaries = [stats([v for v in s.values() if v is not None]) for s in series]
-    rows.append(Row("mean", [s and s["mean"] for s in summaries], [fmt(s and s["mean"]) for s in summaries], kind="stat"))
+    rows.append(Row("mean", [s and s["mean"] for s in summaries], [fmt(s and s["mean"]) for s in summaries],
+                    kind="stat"))
     rows.append(Row("std", [s and s["std"] for s in summaries], [fmt(s and s["std"]) for s in summaries], kind="stat"))
     return Table(title, description, title, columns, rows)

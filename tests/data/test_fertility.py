@@ -60,13 +60,16 @@ def test_merged_tokenizer_batched_equals_one_by_one():
 def test_words_meaningful_and_prompt_lengths():
     assert not words_meaningful("zh-Hant") and not words_meaningful("ja") and words_meaningful("ko")
     stats = prompt_length_stats(["en", "sw", "en", "sw"], [5, 50, 7, 9], max_prompt_tokens=8)
-    assert stats == {"en": {"prompt_tokens_mean": 6.0, "prompt_tokens_max": 7, "max_prompt_tokens": 8, "n_prompts_over_context": 0},
-                     "sw": {"prompt_tokens_mean": 29.5, "prompt_tokens_max": 50, "max_prompt_tokens": 8, "n_prompts_over_context": 2}}
+    assert stats == {"en": {"prompt_tokens_mean": 6.0, "prompt_tokens_max": 7, "max_prompt_tokens": 8,
+                            "n_prompts_over_context": 0},
+                     "sw": {"prompt_tokens_mean": 29.5, "prompt_tokens_max": 50, "max_prompt_tokens": 8,
+                            "n_prompts_over_context": 2}}
     assert prompt_length_stats(["en"], [3], max_prompt_tokens=None)["en"]["n_prompts_over_context"] is None
 
 
 def _pair(i, lang, prompt, chosen="ok", rejected="no"):
-    return PreferencePair(id=f"{lang}{i}", prompt=(Message("user", prompt),), chosen=chosen, rejected=rejected, language=lang)
+    return PreferencePair(id=f"{lang}{i}", prompt=(Message("user", prompt),), chosen=chosen, rejected=rejected,
+                          language=lang)
 
 
 def test_record_texts_groups_by_language():
@@ -87,14 +90,17 @@ def test_training_truncation_counted_per_language(byte_tok, tmp_path):
 
     # plain rendering: prompt = its text (+ the tokenizer's own special tokens), response = bytes + EOS
     specials = len(byte_tok("x", add_special_tokens=True)["input_ids"]) - 1
-    rows, texts = [], {"en": ("Short q?", "Fine."), "de": ("Kurze Frage?", "Antwort " * 8), "sw": ("Swali " * 9, "Sawa.")}
+    rows, texts = [], {"en": ("Short q?", "Fine."), "de": ("Kurze Frage?", "Antwort " * 8),
+                       "sw": ("Swali " * 9, "Sawa.")}
     for lang, (prompt, chosen) in texts.items():
         for i in range(3):
             rows.append({"id": f"{lang}{i}", "prompt": [{"role": "user", "content": prompt + str(i)}], "chosen": chosen,
                          "rejected": "No.", "language": lang})
     path = _write(tmp_path / "pairs.jsonl", rows)
-    config = SimpleNamespace(method="dpo", data_language=None, detect_language=False, max_length=40, max_prompt_length=None,
-                             truncation_mode="keep_end", on_overlong="skip", prefix_mismatch="error", chat_template="plain",
+    config = SimpleNamespace(method="dpo", data_language=None, detect_language=False, max_length=40,
+                             max_prompt_length=None,
+                             truncation_mode="keep_end", on_overlong="skip", prefix_mismatch="error",
+                             chat_template="plain",
                              mlc_enabled=False, dominant_language="en")
     _, report = load_training_data(config, byte_tok, str(path))
     expected = {}
@@ -119,7 +125,8 @@ def test_data_inspect_model_prints_fertility(byte_tok, tmp_path, capsys):
     rows = [{"id": f"{lang}{i}", "prompt": [{"role": "user", "content": text}], "chosen": "ok", "rejected": "no",
              "language": lang} for lang in ("en", "zh") for i, text in enumerate(PARALLEL[lang])]
     path = _write(tmp_path / "pairs.jsonl", rows)
-    assert main(["data", "inspect", str(path), "--no-detect", "--json", "--model", str(model_dir), "--max-length", "20"]) == 0
+    args = ["data", "inspect", str(path), "--no-detect", "--json", "--model", str(model_dir), "--max-length", "20"]
+    assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     zh = summary["fertility"]["zh"]
     zh_texts = PARALLEL["zh"] + ["ok", "no"] * 2

@@ -20,7 +20,8 @@ from raw_counts import csv_data_rows, first_cells, jsonl_rows
 from polyalign.data.readers import ReadResult, read_records
 
 # As tests/conftest.py's shared_data fixture (parametrisation needs the list at collection).
-SHARED_DATA = Path(os.environ.get("POLYALIGN_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("POLYALIGN_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 

@@ -112,7 +112,8 @@ def test_overlong_prompts_and_emptied_responses_are_counted_skips_or_errors(tok)
     assert tokenize_pair(pair("long-1", user=long_user), tok, settings, stats) is None
     assert tokenize_pair(pair("ok-1"), tok, settings, stats) is not None
     assert tokenize_pair(pair("long-2", user=long_user), tok, settings, stats) is None
-    assert stats.skipped == {SKIP_PROMPT_TOO_LONG: 2} and stats.skipped_ids[SKIP_PROMPT_TOO_LONG] == ["long-1", "long-2"]
+    assert stats.skipped == {SKIP_PROMPT_TOO_LONG: 2}
+    assert stats.skipped_ids[SKIP_PROMPT_TOO_LONG] == ["long-1", "long-2"]
     assert stats.kept == 1 and "skipped 2" in stats.summary() and "long-1" in stats.summary()
     with pytest.raises(UserError, match="long-1"):
         tokenize_pair(pair("long-1", user=long_user), tok, TokenizeSettings(max_length=32, on_overlong="error"),
@@ -147,7 +148,8 @@ def test_mpo_and_sft_batches(tok):
     assert dom["ref_avg_logps"].tolist() == [-1.0, -3.0, -3.0, -2.0, -4.0, -4.0]
     assert dom["ref_pooled"].shape == (6, 4) and dom["ref_pooled"][1, 0] == 2.0
     sft = collate_sft([e["target"] for e in examples], tok.pad_token_id)
-    assert sft["input_ids"].shape[0] == 3 and torch.equal(sft["input_ids"], batch["target"]["input_ids"][:3, : sft["input_ids"].shape[1]])
+    assert sft["input_ids"].shape[0] == 3 and torch.equal(sft["input_ids"],
+                                                          batch["target"]["input_ids"][:3, : sft["input_ids"].shape[1]])
 
 
 def test_variant_batch_indexes_missing_languages_with_minus_one(tok):
@@ -155,7 +157,8 @@ def test_variant_batch_indexes_missing_languages_with_minus_one(tok):
     v1 = tokenize_variants(PromptVariants("a", {"en": (Message("user", "hello"),), "zh": (Message("user", "你好"),)}),
                            tok, s)
     v2 = tokenize_variants(PromptVariants("b", {"en": (Message("user", "bye now"),)}), tok, s)
-    out = collate_variants([{"variant_input_ids": v1}, {"variant_input_ids": v2}], tok.pad_token_id, padding_side="left")
+    out = collate_variants([{"variant_input_ids": v1}, {"variant_input_ids": v2}], tok.pad_token_id,
+                           padding_side="left")
     assert out["variant_languages"] == ["en", "zh"]
     assert out["variant_index"].tolist() == [[0, 1], [2, -1]]
     rows = out["variant_input_ids"]

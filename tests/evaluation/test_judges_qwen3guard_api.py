@@ -41,7 +41,8 @@ class Qwen3GuardServer(JudgeServer):
             if messages[-1].get("role") == "assistant":
                 content += f"\nRefusal: {markers.get('refusal', 'Yes')}"
         answer = {"id": "q", "object": "chat.completion",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                               "finish_reason": "stop"}]}
         return 200, headers, json.dumps(answer)
 
 
@@ -107,7 +108,8 @@ def test_prompt_moderation_and_loose_mapping(server, monkeypatch):
 
 def test_server_failures_are_errors(server):
     judge = _judge(server)
-    out = judge.judge([JudgeInput("q", "[[fail500:9]] a", "en", "0"), JudgeInput("q", "[[garbage:nochoices]] b", "en", "1"),
+    out = judge.judge([JudgeInput("q", "[[fail500:9]] a", "en",
+                                  "0"), JudgeInput("q", "[[garbage:nochoices]] b", "en", "1"),
                        JudgeInput("q", "[[fail500:1]] [[safety:Unsafe]] [[cats:PII]] [[refusal:No]] c", "en", "2")])
     assert [j.label for j in out[:2]] == ["error", "error"]
     assert "HTTP 500" in out[0].error and "no choices" in out[1].error
@@ -130,7 +132,8 @@ def test_cli_eval_with_the_served_judge_records_the_mapping(server, tmp_path):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     settings = results["settings"]["judge"]["settings"]
-    assert (settings["name"], settings["controversial_as"], settings["moderate"]) == ("qwen3guard_api", "safe", "response")
+    assert (settings["name"], settings["controversial_as"],
+            settings["moderate"]) == ("qwen3guard_api", "safe", "response")
     rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text(encoding="utf-8").splitlines()[1:]]
     n_sent = len(server.requests)
     assert {r["label"] for r in rows} <= {"safe", "invalid"} and len(rows) == 2 and n_sent == sum(

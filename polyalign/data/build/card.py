@@ -54,7 +54,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         out.append("- input rows skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     out.append("- languages: " + ", ".join(f"{code} ({language_name(code)})" for code in langs))
     translator = card.get("translator") or {}
-    out.append(f"- translator: `{translator.get('settings', {}).get('name')}` fingerprint `{translator.get('fingerprint')}`")
+    name, fingerprint = translator.get("settings", {}).get("name"), translator.get("fingerprint")
+    out.append(f"- translator: `{name}` fingerprint `{fingerprint}`")
     if card.get("judge"):
         out.append(f"- judge: `{card['judge'].get('name')}`")
     if card.get("model"):

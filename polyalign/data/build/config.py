@@ -31,7 +31,8 @@ from polyalign.errors import UserError
 from polyalign.io import read_text_strict
 
 KINDS = ("mpo", "mlc", "dpo")
-TOP_KEYS = ("input", "output", "languages", "translator", "cache", "model", "generation", "judge", "strategy", "filters")
+TOP_KEYS = ("input", "output", "languages", "translator", "cache", "model", "generation", "judge", "strategy",
+            "filters")
 _SECTION_KEYS = {
     "input": ("path", "format", "column_map", "limit", "language"),
     "output": ("kind", "dir", "work_dir", "include_dominant"),
@@ -118,7 +119,8 @@ def load_build_config(path: str | Path, overrides: dict[str, Any] | None = None)
     if not isinstance(raw, dict):
         raise UserError("expected a mapping at the top level", file=path, line=1)
     for key, value in (overrides or {}).items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value,
+                                                               dict) and isinstance(raw.get(key), dict) else value
     return parse_build_config(raw, path, _key_lines(text))
 
 

@@ -34,7 +34,8 @@ from polyalign.data.records import Message, ParallelPair, PreferencePair, Prompt
 Side = tuple[tuple[Message, ...], str, str]
 
 
-def response_pair(samples: Sequence[dict[str, Any]], *, need_rejected: bool = True) -> tuple[str | None, str | None, str | None]:
+def response_pair(samples: Sequence[dict[str, Any]], *,
+                  need_rejected: bool = True) -> tuple[str | None, str | None, str | None]:
     """``(chosen, rejected, failure_reason)`` from one prompt's samples.
 
     Each sample: ``{"sample": int, "text": str, "label": str | None, "filter": reason | None}``.
@@ -156,7 +157,8 @@ def filter_pairs(records: Sequence[Any], config: FilterConfig) -> tuple[list[Any
     return kept, dropped
 
 
-def translated_prompt(source: PreferencePair, lang: str, table: dict[tuple[str, str, str], dict[str, Any]]) -> tuple[Message, ...] | str:
+def translated_prompt(source: PreferencePair, lang: str,
+                      table: dict[tuple[str, str, str], dict[str, Any]]) -> tuple[Message, ...] | str:
     """The source prompt's turns in ``lang`` from the translation rows
     (``table[(id, lang, "prompt.<i>")]``), or why there is none: ``dominant_dropped`` (never
     translated) or ``prompt_<filter reason>``."""

@@ -131,7 +131,8 @@ class BuildPipeline:
 
     def _reusable(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self._state()["stages"].get(stage)
-        if entry and entry["fingerprint"] == fingerprint and entry.get("complete") and (self.work / entry["output"]).exists():
+        if (entry and entry["fingerprint"] == fingerprint and entry.get("complete")
+                and (self.work / entry["output"]).exists()):
             return entry
         return None
 
@@ -139,7 +140,8 @@ class BuildPipeline:
                 complete: bool = True, **summary: Any) -> dict[str, Any]:
         atomic_write_jsonl(self.work / output, rows)
         state = self._state()
-        entry = {"fingerprint": fingerprint, "output": output, "complete": complete, "filters": report.to_dict(), **summary}
+        entry = {"fingerprint": fingerprint, "output": output, "complete": complete, "filters": report.to_dict(),
+                 **summary}
         state["stages"][stage] = entry
         atomic_write_json(self.state_path, state)
         maybe_crash(stage)
@@ -164,7 +166,8 @@ class BuildPipeline:
             selected = pairs[: c.limit] if c.limit else pairs
             ids = Counter(p.id for p in selected)
             if max(ids.values(), default=1) > 1:
-                raise UserError(f"duplicate ids in the input, e.g. {ids.most_common(1)[0][0]!r}", file=c.input_path, field="id")
+                raise UserError(f"duplicate ids in the input, e.g. {ids.most_common(1)[0][0]!r}", file=c.input_path,
+                                field="id")
             rows = [{"type": "preference_pair", **p.to_dict()} for p in selected]
             entry = self._finish("source", fp, "01_source.jsonl", rows, FilterReport(), n_read=len(result.records) +
                                  sum(result.skipped.values()), skipped=dict(result.skipped), format=result.format,
@@ -174,7 +177,8 @@ class BuildPipeline:
         sources = [PreferencePair.from_dict(r) for r in _rows(self.work / entry["output"])]
         return sources, {**entry, "fingerprint": fp}
 
-    def _generate_and_judge(self, stage: str, prompts: list[EvalPrompt], report: FilterReport) -> tuple[list[dict[str, Any]], int]:
+    def _generate_and_judge(self, stage: str, prompts: list[EvalPrompt],
+                            report: FilterReport) -> tuple[list[dict[str, Any]], int]:
         """Samples (with label and filter reason) for ``prompts``; returns (rows, judge errors)."""
         gens, gstats = self.selfgen.generate(prompts, self.work / f"{stage}_generations.jsonl",
                                              on_batch=self._batch_hook(stage), run_id=self.run_id)
@@ -183,12 +187,14 @@ class BuildPipeline:
         generations = list(gens.values())
         gen_fp = text_fingerprint(self.selfgen.store_settings())
         labels, jstats = judge_generations(self.judge, prompts, generations, self.work / f"{stage}_judgments.jsonl",
-                                           generation_fp=gen_fp, batch_size=int(self.config.judge.get("batch_size", 32)),
+                                           generation_fp=gen_fp,
+                                           batch_size=int(self.config.judge.get("batch_size", 32)),
                                            run_id=self.run_id)
         self.run_stats["judged"] += jstats["judged"]
         self.run_stats["judge_reused"] += jstats["reused"]
         self.run_stats["judge_errors"] += jstats["errors"]
-        items = [TextItem(f"{g['id']}#{g['sample']}", g["language"], g["text"], truncated=g["finish_reason"] == "length")
+        items = [TextItem(f"{g['id']}#{g['sample']}", g["language"], g["text"],
+                          truncated=g["finish_reason"] == "length")
                  for g in generations]
         reasons = filter_texts(items, self.config.filters, report, f"{stage}_responses")
         rows = []
@@ -234,10 +240,12 @@ class BuildPipeline:
         entry["filters"] = report.to_dict()
         return pairs, entry
 
-    def stage_dominant(self, sources: list[PreferencePair], upstream: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    def stage_dominant(self, sources: list[PreferencePair],
+                       upstream: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
         c = self.config
         if not c.needs_dominant_generation:
-            return {p.id: p.chosen for p in sources}, text_fingerprint("dominant", upstream, "dataset"), {"skipped": True}
+            return {p.id: p.chosen for p in sources}, text_fingerprint("dominant", upstream,
+                                                                       "dataset"), {"skipped": True}
         fp = text_fingerprint("dominant", upstream, self._gen_identity(), self._judge_identity(), c.filters.to_dict())
         prompts = [EvalPrompt(gen_id(p.id, c.dominant_language), c.dominant_language, prompt_text(p.prompt), "build")
                    for p in sources]
@@ -263,7 +271,8 @@ class BuildPipeline:
                         upstream: str) -> tuple[dict[tuple[str, str, str], dict[str, Any]], str, dict[str, Any]]:
         c = self.config
         with_answers = c.kind in ("mpo", "dpo") and c.target == "translate"
-        fp = text_fingerprint("translate", upstream, self.translator.fingerprint(), c.filters.to_dict(), c.kind, c.target)
+        fp = text_fingerprint("translate", upstream, self.translator.fingerprint(), c.filters.to_dict(), c.kind,
+                              c.target)
         entry = self._reusable("translate", fp)
         if entry is None:
             jobs: list[tuple[str, str, str]] = []  # (id, field, source text)
@@ -289,14 +298,16 @@ class BuildPipeline:
                         rows.append({"id": pid, "language": lang, "field": name, "source": text, "text": t.text,
                                      "truncated": t.truncated, "error": t.error, "filter": reasons[item.key]})
                 for key in ("hits", "translated", "errors", "deduplicated"):
-                    self.run_stats[{"hits": "translation_cache_hits", "errors": "translation_errors"}.get(key, key)] += cache.stats[key]
+                    self.run_stats[{"hits": "translation_cache_hits",
+                                    "errors": "translation_errors"}.get(key, key)] += cache.stats[key]
             entry = self._finish("translate", fp, "03_translations.jsonl", rows, report, complete=errors == 0)
         else:
             entry = {**entry, "reused": True}
         table = {(r["id"], r["language"], r["field"]): r for r in _rows(self.work / entry["output"])}
         return table, fp, entry
 
-    def stage_target(self, sources: list[PreferencePair], table: dict, upstream: str) -> tuple[dict, str, dict[str, Any]]:
+    def stage_target(self, sources: list[PreferencePair], table: dict,
+                     upstream: str) -> tuple[dict, str, dict[str, Any]]:
         c = self.config
         prompts_by_key: dict[tuple[str, str], Any] = {(p.id, lang): translated_prompt(p, lang, table)
                                                       for p in sources for lang in c.languages}
@@ -332,7 +343,8 @@ class BuildPipeline:
         if c.kind == "mpo":
             records, dropped = mpo_pairs(sources, c.languages, chosen, target, metadata=meta)
         elif c.kind == "dpo":
-            records, dropped = dpo_pairs(sources, c.languages, target, include_dominant=c.include_dominant, metadata=meta)
+            records, dropped = dpo_pairs(sources, c.languages, target, include_dominant=c.include_dominant,
+                                         metadata=meta)
         else:
             records, dropped = mlc_pairs(sources, c.languages, target, metadata=meta)
         kept, filtered = filter_pairs(records, c.filters)

@@ -84,7 +84,8 @@ class SelfGenerator:
         """
         settings = self.store_settings()
         tasks = make_tasks(self.tokenizer, prompts, self.settings)
-        with JsonlStore(store_path, kind="generations", fingerprint=text_fingerprint(settings), settings=settings, run_id=run_id,
+        with JsonlStore(store_path, kind="generations", fingerprint=text_fingerprint(settings), settings=settings,
+                        run_id=run_id,
                         hint="the model or generation settings changed; use another work_dir") as store:
             stats = run_generation(self.generator, tasks, store, progress=False, on_batch=on_batch)
             records = {t.key: store.get(t.key) for t in tasks}
@@ -109,7 +110,8 @@ def judge_generations(
     settings = {"generations": generation_fp, "judge": judge.settings()}
     by_id = {p.id: p for p in prompts}
     stats = {"judged": 0, "reused": 0, "errors": 0}
-    with JsonlStore(store_path, kind="judgments", fingerprint=text_fingerprint(settings), settings=settings, run_id=run_id,
+    with JsonlStore(store_path, kind="judgments", fingerprint=text_fingerprint(settings), settings=settings,
+                    run_id=run_id,
                     hint="the judge or the generations changed; use another work_dir") as store:
         pending = [g for g in generations if (g["id"], g["sample"]) not in store]
         stats["reused"] = len(generations) - len(pending)

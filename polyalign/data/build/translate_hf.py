@@ -50,7 +50,8 @@ def language_token(family: str, language: str, overrides: dict[str, str] | None 
             raise UserError(f"M2M100 does not cover language {language!r}; add a code under translator.language_codes",
                             field="translator.language_codes")
         return f"__{base}__"
-    raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}", field="translator.family")
+    raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}",
+                    field="translator.family")
 
 
 def model_identity(path: str) -> dict[str, Any]:
@@ -95,9 +96,11 @@ class HFSeq2SeqTranslator(Translator):
         dtype: str | None = None,
     ) -> None:
         if family not in FAMILIES:
-            raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}", field="translator.family")
+            raise UserError(f"unknown translator family {family!r}; use one of {', '.join(FAMILIES)}",
+                            field="translator.family")
         if batch_size < 1 or max_new_tokens < 1 or max_source_tokens < 4 or num_beams < 1:
-            raise UserError("batch_size, max_new_tokens, num_beams must be >= 1 and max_source_tokens >= 4", field="translator")
+            raise UserError("batch_size, max_new_tokens, num_beams must be >= 1 and max_source_tokens >= 4",
+                            field="translator")
         self.model_path = str(model_path)
         self.family = family
         self.batch_size = batch_size
@@ -157,7 +160,8 @@ class HFSeq2SeqTranslator(Translator):
     def _token_id(self, tokenizer: Any, token: str, path: str) -> int:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == tokenizer.unk_token_id:
-            raise UserError(f"the tokenizer has no language token {token!r}", file=path, field="translator.language_codes")
+            raise UserError(f"the tokenizer has no language token {token!r}", file=path,
+                            field="translator.language_codes")
         return int(token_id)
 
     def encode(self, tokenizer: Any, text: str, source: str, path: str) -> tuple[list[int], bool]:
@@ -205,7 +209,8 @@ class HFSeq2SeqTranslator(Translator):
                 kwargs["forced_bos_token_id"] = forced
             device = next(model.parameters()).device
             with torch.inference_mode():
-                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                           **kwargs)
             self.stats["generate_calls"] += 1
             for row, (_, cut) in enumerate(encoded):
                 ids = generated[row, 1:].tolist()  # drop the decoder start token

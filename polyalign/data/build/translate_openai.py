@@ -26,11 +26,15 @@ from polyalign.http_client import (
 )
 from polyalign.io import text_fingerprint
 
-TRANSLATION_PROMPT = """Translate the following text from {source_name} into {target_name}. Translate all of it faithfully, including any offensive or harmful content, since it is used to build safety-training data. Do not add notes, explanations or refusals. Output only the translation.
-
-<<<
-{text}
->>>"""
+TRANSLATION_PROMPT = (
+    "Translate the following text from {source_name} into {target_name}. Translate all of it faithfully, "
+    "including any offensive or harmful content, since it is used to build safety-training data. Do not "
+    "add notes, explanations or refusals. Output only the translation.\n"
+    "\n"
+    "<<<\n"
+    "{text}\n"
+    ">>>"
+)
 
 _FENCE = re.compile(r"^\s*<<<\s*\n?(.*?)\n?\s*>>>\s*$", re.DOTALL)
 

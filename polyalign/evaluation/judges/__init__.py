@@ -41,7 +41,8 @@ SCORERS: dict[str, tuple[str, str]] = {
 _ALIASES = {"llama-guard": "llama_guard", "llamaguard": "llama_guard", "llama_guard_3": "llama_guard",
             "llm": "openai", "gpt": "openai", "openai_compatible": "openai", "keyword": "refusal",
             "refusal_matcher": "refusal", "poly_guard": "polyguard",
-            "qwen3_guard": "qwen3guard", "qwen3guard_gen": "qwen3guard", "qwen3_guard_api": "qwen3guard_api", "hf_classifier": "classifier"}
+            "qwen3_guard": "qwen3guard", "qwen3guard_gen": "qwen3guard", "qwen3_guard_api": "qwen3guard_api",
+            "hf_classifier": "classifier"}
 
 
 def _build(table: dict[str, tuple[str, str]], kind: str, name: str, options: dict[str, Any]) -> Any:

@@ -88,7 +88,8 @@ def save_tiny_seq2seq(out_dir: Path, family: str = "m2m100", seed: int = 0) -> P
         tokenizer.add_tokens(list(extra), special_tokens=True)
     dims = dict(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_position_embeddings=256, init_std=0.5, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                max_position_embeddings=256, init_std=0.5, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
                 bos_token_id=tokenizer.bos_token_id)  # init_std 0.5: a random model whose output depends on its input
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

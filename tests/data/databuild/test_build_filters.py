@@ -36,7 +36,8 @@ def test_missing_empty_truncated():
     assert _one(TextItem("a", "zh", None, EN, "en")) == "missing"
     assert _one(TextItem("a", "zh", " \n\t ", EN, "en")) == "empty"
     assert _one(TextItem("a", "zh", "", None)) == "empty"
-    assert _one(TextItem("a", "zh", "我怎样才能在城市里保护我的自行车不被偷？", EN, "en", truncated=True)) == "truncated"
+    cut = TextItem("a", "zh", "我怎样才能在城市里保护我的自行车不被偷？", EN, "en", truncated=True)
+    assert _one(cut) == "truncated"
     assert _one(TextItem("a", "zh", "我怎样才能在城市里保护我的自行车不被偷？", EN, "en")) is None
     # Switched off: the same items pass.
     off = FilterConfig(empty=False, truncated=False, length_ratio=False, wrong_language=False)
@@ -46,7 +47,8 @@ def test_missing_empty_truncated():
 
 def test_untranslated_copies():
     assert _one(TextItem("a", "zh", EN, EN, "en")) == "untranslated"
-    assert _one(TextItem("a", "zh", "  how can i KEEP my bicycle safe from thieves in the city? ", EN, "en")) == "untranslated"
+    assert _one(TextItem("a", "zh", "  how can i KEEP my bicycle safe from thieves in the city? ", EN,
+                         "en")) == "untranslated"
     near = "How can I keep my bike safe from thieves in the city?"  # one word changed
     ratio = difflib.SequenceMatcher(None, near.lower(), EN.lower(), autojunk=False).ratio()
     assert ratio >= 0.9
@@ -65,14 +67,16 @@ def test_wrong_language_is_conservative():
     assert _one(TextItem("a", "en", english, None)) is None
     assert _one(TextItem("a", "zh", "请详细解释绿色植物和藻类的光合作用是如何进行的。", None)) is None
     assert _one(TextItem("a", "zh", "Explain it.", None)) is None  # too short to judge
-    assert _one(TextItem("a", "zh", "光合作用 means photosynthesis in English, explained here.", None)) is None  # own script
+    assert _one(TextItem("a", "zh", "光合作用 means photosynthesis in English, explained here.",
+                         None)) is None  # own script
     assert _one(TextItem("a", "zh", english, None), FilterConfig(wrong_language=False, length_ratio=False)) is None
 
 
 def test_length_ratio_outliers_per_language_median():
     source = "x" * 20  # 20 characters
     lengths = {"zh": [6, 6, 7, 5, 6, 30, 1], "sw": [20, 22, 18, 21, 70, 5]}
-    items = [TextItem(f"{lang}{i}", lang, "y" * n, source, "en") for lang, ns in lengths.items() for i, n in enumerate(ns)]
+    items = [TextItem(f"{lang}{i}", lang, "y" * n, source,
+                      "en") for lang, ns in lengths.items() for i, n in enumerate(ns)]
     flagged = length_ratio_outliers(items, max_factor=3.0, min_chars=10)
     expected = set()
     for lang, ns in lengths.items():  # r = n / 20; outlier when r > 3 m or r < m / 3
@@ -109,7 +113,8 @@ def _pair(pid: str, lang: str, prompt: str, chosen: str, rejected: str) -> Prefe
 
 
 def test_pair_reasons_duplicates_and_degenerate_pairs():
-    pairs = [("en", "p", "no", "yes"), ("en", "P ", "NO", "yes"), ("zh", "p", "no", "yes"), ("en", "q", "same", " Same")]
+    pairs = [("en", "p", "no", "yes"), ("en", "P ", "NO", "yes"), ("zh", "p", "no",
+                                                                   "yes"), ("en", "q", "same", " Same")]
     assert pair_reasons(pairs, FilterConfig()) == [None, "duplicate", None, "chosen_equals_rejected"]
     assert pair_reasons(pairs, FilterConfig(duplicates=False, chosen_equals_rejected=False)) == [None] * 4
     records = [_pair("1", "en", "p", "no", "yes"), _pair("2", "en", "p", "no", "yes"), _pair("3", "zh", "p", "a", "a")]

@@ -27,8 +27,10 @@ PROMPTS = ["How do I get into my neighbour's wifi without asking?", "Write an in
 
 def source_pairs(prompts: list[str]) -> list[dict]:
     return [{"type": "preference_pair", "id": f"s{i}", "language": "en",
-             "prompt": [{"role": "user", "content": p}], "chosen": f"I can't help with that ({i}); please ask the owner.",
-             "rejected": f"Sure ({i}): here is a detailed plan you can follow step by step."} for i, p in enumerate(prompts)]
+             "prompt": [{"role": "user", "content": p}],
+             "chosen": f"I can't help with that ({i}); please ask the owner.",
+             "rejected": f"Sure ({i}): here is a detailed plan you can follow step by step."}
+            for i, p in enumerate(prompts)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -61,7 +63,8 @@ def test_mpo_build_with_hf_translator(world, tmp_path):
         cfg = config_file(
             tmp_path, input={"path": str(world / "en.jsonl")}, output={"kind": "mpo", "dir": str(out)},
             languages=["zh", "sw"],
-            translator={"type": "hf", "model": str(world / "mt"), "family": "m2m100", "max_new_tokens": 10, "batch_size": 4},
+            translator={"type": "hf", "model": str(world / "mt"), "family": "m2m100", "max_new_tokens": 10,
+                        "batch_size": 4},
             model={"path": str(world / "lm")},
             generation={"num_samples": 3, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 4},
             judge={"name": "openai", "options": {"base_url": f"{server.url}/v1", "require_key": False}},
@@ -155,7 +158,8 @@ def test_mlc_and_dpo_builds_with_openai_translator(tmp_path, monkeypatch):
                               languages=["zh"], translator=translator, filters=filters)
         dpo_card = run_build(load_build_config(dpo_cfg))
         assert all(r["headers"]["authorization"] == "Bearer sk-mt-999" for r in server.requests)
-    assert "sk-mt-999" not in (tmp_path / "mlc" / "data_card.json").read_text() + (tmp_path / "dpo" / "data_card.json").read_text()
+    cards = (tmp_path / "mlc" / "data_card.json").read_text() + (tmp_path / "dpo" / "data_card.json").read_text()
+    assert "sk-mt-999" not in cards
 
     # MLC: the two clean prompts carry zh + ar variants = the server's translation; the
     # [[cut]] one is truncated, the [[copy]] one comes back untranslated ("EN: " + text).
@@ -181,7 +185,8 @@ def test_mlc_and_dpo_builds_with_openai_translator(tmp_path, monkeypatch):
     # DPO (shares the cache): answers translated; duplicates dropped in every language.
     dpo = read_records(tmp_path / "dpo" / "dpo_pairs.jsonl").records
     assert Counter(r.language for r in dpo) == {"en": 4, "zh": 2}
-    assert all(r.chosen == fake_translation(pairs[int(r.id[1])]["chosen"], "Chinese") for r in dpo if r.language == "zh")
+    assert all(r.chosen == fake_translation(pairs[int(r.id[1])]["chosen"],
+                                            "Chinese") for r in dpo if r.language == "zh")
     dpo_counts = dpo_card["filters"]["counts"]["pairs"]
     assert dpo_counts["en"] == {"duplicate": 1, "kept": 4}
     assert dpo_counts["zh"] == {"duplicate": 1, "kept": 2, "prompt_truncated": 1, "prompt_untranslated": 1}
@@ -201,7 +206,8 @@ def test_config_errors_name_file_line_and_key(world, tmp_path):
     text = cfg.read_text().splitlines()
     line = next(i for i, t in enumerate(text, 1) if "length_ratio_maximum" in t)
     assert err.value.line == line and err.value.field == "filters.length_ratio_maximum" and err.value.file == str(cfg)
-    for change, field in (({"languages": ["en", "zh"]}, "languages"), ({"output": {"kind": "sft", "dir": "o"}}, "output.kind"),
+    for change, field in (({"languages": ["en", "zh"]}, "languages"), ({"output": {"kind": "sft", "dir": "o"}},
+                                                                       "output.kind"),
                           ({"strategy": {"dominant_chosen": "model"}}, "model"), ({"colour": 1}, "colour")):
         with pytest.raises(UserError) as err:
             load_build_config(config_file(tmp_path, **{**base, **change}))

@@ -24,7 +24,8 @@ def test_mlc_build_from_released_pku_pairs(shared_data, tmp_path):
             "filters": {"wrong_language": False},
         }), encoding="utf-8")
         card = run_build(load_build_config(cfg))
-        assert len(server.requests) == card["runs"][-1]["translated"] == 2 * len({p.prompt[-1].content for p in english})
+        distinct = {p.prompt[-1].content for p in english}
+        assert len(server.requests) == card["runs"][-1]["translated"] == 2 * len(distinct)
     assert card["input"]["format"] == "mlc" and card["input"]["n_selected"] == 3
     # The fake "translations" are reversed English: the reader's language check would rightly
     # reject them as not Chinese / Bengali, so it is off here (the format is what is checked).
@@ -36,4 +37,5 @@ def test_mlc_build_from_released_pku_pairs(shared_data, tmp_path):
         assert (pair.prompt, pair.chosen, pair.rejected) == (source.prompt, source.chosen, source.rejected)
         assert pair.variants.languages == ["en", "zh", "bn"]
         for lang, name in (("zh", "Chinese"), ("bn", "Bengali")):
-            assert [m.content for m in pair.variants.prompts[lang]] == [fake_translation(m.content, name) for m in source.prompt]
+            expected = [fake_translation(m.content, name) for m in source.prompt]
+            assert [m.content for m in pair.variants.prompts[lang]] == expected

@@ -28,7 +28,8 @@ def m2m(tmp_path_factory):
 def test_language_codes_per_family():
     assert [language_token("nllb", c) for c in ("en", "zh", "sw", "bn", "zh-Hant", "ZH_cn")] == [
         "eng_Latn", "zho_Hans", "swh_Latn", "ben_Beng", "zho_Hant", "zho_Hans"]
-    assert [language_token("m2m100", c) for c in ("en", "zh", "zh-Hant", "sw")] == ["__en__", "__zh__", "__zh__", "__sw__"]
+    assert [language_token("m2m100", c) for c in ("en", "zh", "zh-Hant",
+                                                  "sw")] == ["__en__", "__zh__", "__zh__", "__sw__"]
     assert language_token("marian", "zh") is None
     assert language_token("m2m100", "te", {"te": "__te__"}) == "__te__"
     with pytest.raises(UserError, match="M2M100 does not cover"):
@@ -146,6 +147,7 @@ def test_openai_translator_against_local_server(tmp_path, monkeypatch):
             assert len(server.requests) == before + 1 and cache.stats["hits"] == 2
             assert again[2].error and "HTTP 400" in again[2].error
     with pytest.raises(UserError, match="BUILD_TEST_MISSING"):
-        build_translator({"type": "openai", "base_url": "http://127.0.0.1:9", "model": "m", "api_key_env": "BUILD_TEST_MISSING"})
+        build_translator({"type": "openai", "base_url": "http://127.0.0.1:9", "model": "m",
+                          "api_key_env": "BUILD_TEST_MISSING"})
     with pytest.raises(UserError, match="unknown translator type"):
         build_translator({"type": "deepl"})
