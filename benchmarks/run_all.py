@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="profile (one more step) at the real shapes too")
     parser.add_argument("--no-publish", action="store_true",
                         help="do not regenerate benchmarks/RESULTS.md and the README block (benchmarks.report)")
+    parser.add_argument("--finalize", action="store_true",
+                        help="write summary.json from the <bench>.json files already in --out-dir (a run that was "
+                             "stopped after some benches), with the git state of --git-from")
+    parser.add_argument("--git-from", default=None, help="checkout whose git state --finalize records (default: this one)")
     parser.add_argument("--rebuild-md", action="store_true",
                         help="only regenerate the Markdown (per size and benchmarks/RESULTS.md + README) from the JSON")
     args = parser.parse_args(argv)
@@ -307,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     benches = [b for b in (args.benches.split(",") if args.benches else benches_for(args.size)) if b]
     # Publish (benchmarks/RESULTS.md, README) only from the default folders: a test's run stays private.
     publish = not args.no_publish and args.out_dir is None and args.size != "quick"
+    if args.finalize:
+        finalize(out_dir, md, args.size, dtypes, git_state(args.git_from))
+        return _publish() if publish else 0
     if args.rebuild_md:
         summary = load_size(out_dir)
         if summary is not None:
@@ -348,6 +355,23 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(md, args.size, all_runs, summaries, targets, machine, command, elapsed, "", git)
     print(json.dumps({"targets": targets, "summaries": summaries}, indent=1))
     return _publish() if publish else 0
+
+
+def finalize(out_dir: Path, md: Path, size: str, dtypes: list[str], git: dict[str, Any]) -> None:
+    """``summary.json`` and the size's Markdown from the bench JSON files present (benches not run are absent)."""
+    all_runs = {b: json.loads((out_dir / f"{b}.json").read_text(encoding="utf-8"))["runs"]
+                for b in BENCHES if (out_dir / f"{b}.json").is_file()}
+    summaries: dict[str, Any] = {b: {d: summarize(b, runs[d], d) for d in runs} for b, runs in all_runs.items()}
+    loads = [r["loadavg_start"][0] for per in all_runs.values() for runs in per.values() for r in runs.values()]
+    summaries["_loadavg_range"] = f"{min(loads):.2f}-{max(loads):.2f}" if loads else "n/a"
+    targets = target_status({k: v for k, v in summaries.items() if not k.startswith("_")}, size)
+    machine = next(r["machine"] for per in all_runs.values() for runs in per.values() for r in runs.values())
+    elapsed = sum(r["wall_s"] for per in all_runs.values() for runs in per.values() for r in runs.values())
+    summary = {"size": size, "dtypes": dtypes, "elapsed_s": elapsed, "machine": machine, "git": git,
+               "benches_run": list(all_runs), "summaries": summaries, "targets": targets}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_markdown(md, size, all_runs, summaries, targets, machine,
+                   f"python benchmarks/run_all.py --size {size} (then --finalize)", elapsed, "", git)
 
 
 def _publish() -> int:
