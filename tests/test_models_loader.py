@@ -136,10 +136,10 @@ def test_allow_download_flag_sets_the_opt_in(monkeypatch, capsys):
 _OTHER_LOADERS = """
 import sys
 from polyalign.errors import UserError
-from polyalign.evaluation.judges.classifier import _load
+from polyalign.evaluation.judges.classifier import load_classifier
 from polyalign.data.build.translate_hf import HFSeq2SeqTranslator
-for name, call in (("classifier", lambda: _load("runs/tox", None)),
-                   ("translator", lambda: HFSeq2SeqTranslator("runs/mt")._load("runs/mt")),
+for name, call in (("classifier", lambda: load_classifier("runs/tox", None)),
+                   ("translator", lambda: HFSeq2SeqTranslator("runs/mt").load("runs/mt")),
                    ("pretrained_source", lambda: __import__("polyalign.models", fromlist=["x"]).pretrained_source("runs/final"))):
     try:
         result = call()

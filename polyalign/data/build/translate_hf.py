@@ -130,7 +130,8 @@ class HFSeq2SeqTranslator(Translator):
                 "max_new_tokens": self.max_new_tokens, "max_source_tokens": self.max_source_tokens,
                 "num_beams": self.num_beams, "language_codes": dict(sorted(self.language_codes.items()))}
 
-    def _load(self, path: str) -> tuple[Any, Any]:
+    def load(self, path: str) -> tuple[Any, Any]:
+        """The (model, tokenizer) that translates with the model folder ``path``, loaded once."""
         if path in self._loaded:
             return self._loaded[path]
         # Lazy: transformers and polyalign.models (torch) are heavy; building the OpenAI translator needs neither.
@@ -187,7 +188,7 @@ class HFSeq2SeqTranslator(Translator):
 
         source, target = canonical_language(source), canonical_language(target)
         path = self.path_for(source, target)
-        model, tokenizer = self._load(path)
+        model, tokenizer = self.load(path)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
         eos = tokenizer.eos_token_id
         code = language_token(self.family, target, self.language_codes)

@@ -30,7 +30,9 @@ from polyalign.evaluation.judges.base import ToxicityScore, ToxicityScorer, chec
 from polyalign.models import NOT_LOCAL, pretrained_source
 
 
-def _load(path: str | Path, dtype: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_classifier(path: str | Path, dtype: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence classifier and its tokenizer (safetensors, no remote code, never a download the user
+    did not allow)."""
     where, local_only = pretrained_source(path)  # a mistyped folder is an error, never a download
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
@@ -83,7 +85,7 @@ class ClassifierScorer(ToxicityScorer):
     ) -> None:
         if isinstance(model, (str, Path)):
             self.model_name = str(model)
-            model, loaded_tok = _load(model, dtype)
+            model, loaded_tok = load_classifier(model, dtype)
             tokenizer = tokenizer or loaded_tok
         else:
             self.model_name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)

@@ -42,7 +42,7 @@ def test_language_codes_per_family():
 
 def test_m2m100_encoding_forced_bos_and_batching(m2m):
     translator = HFSeq2SeqTranslator(m2m, "m2m100", batch_size=2, max_new_tokens=8)
-    model, tokenizer = translator._load(str(m2m))
+    model, tokenizer = translator.load(str(m2m))
     ids, cut = translator.encode(tokenizer, TEXTS[0], "en", str(m2m))
     body = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
     assert ids == [tokenizer.convert_tokens_to_ids("__en__"), *body, tokenizer.eos_token_id] and not cut
@@ -71,14 +71,14 @@ def test_truncation_flags(m2m):
     out = translator.translate(["a b c d e f g h i j k l", "hi"], "en", "zh")
     assert all(t.truncated for t in out)  # one new token: never room for </s> after it
     assert translator.stats["source_truncated"] == 1 and translator.stats["output_truncated"] == 2
-    model, tokenizer = translator._load(str(m2m))
+    model, tokenizer = translator.load(str(m2m))
     assert len(translator.encode(tokenizer, "a b c d e f g h i j k l", "en", str(m2m))[0]) == 6
 
 
 def test_nllb_layout_and_marian_model_per_pair(tmp_path):
     nllb = save_tiny_seq2seq(tmp_path / "nllb", "nllb", seed=1)
     translator = HFSeq2SeqTranslator(nllb, "nllb", max_new_tokens=4)
-    _, tokenizer = translator._load(str(nllb))
+    _, tokenizer = translator.load(str(nllb))
     ids, _ = translator.encode(tokenizer, "Hello", "en", str(nllb))
     assert ids[0] == tokenizer.convert_tokens_to_ids("eng_Latn") and ids[-1] == tokenizer.eos_token_id
     translator.translate(["Hello"], "en", "bn")
