@@ -235,7 +235,9 @@ def save_tiny_checkpoint(out_dir: str | Path, arch: str = "llama", **kw: Any) ->
     return out
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """A ``dtype`` setting (``float32``/``fp32``, ``float16``/``fp16``, ``bfloat16``/``bf16``, ``auto`` or
+    None) as ``from_pretrained`` takes it."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -317,7 +319,7 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
                                                   local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=_resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+            where, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
             local_files_only=local_only,
         )
     except (OSError, ValueError) as exc:

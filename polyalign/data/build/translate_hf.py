@@ -137,7 +137,7 @@ class HFSeq2SeqTranslator(Translator):
         # Lazy: transformers and polyalign.models (torch) are heavy; building the OpenAI translator needs neither.
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from polyalign.models import NOT_LOCAL, _resolve_dtype, pretrained_source
+        from polyalign.models import NOT_LOCAL, pretrained_source, resolve_dtype
 
         try:
             where, local_only = pretrained_source(path)  # a mistyped folder is an error, never a download
@@ -146,7 +146,7 @@ class HFSeq2SeqTranslator(Translator):
             raise UserError(message, file=path, field="translator.model") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=local_only)
-            model = AutoModelForSeq2SeqLM.from_pretrained(where, dtype=_resolve_dtype(self.dtype), use_safetensors=True,
+            model = AutoModelForSeq2SeqLM.from_pretrained(where, dtype=resolve_dtype(self.dtype), use_safetensors=True,
                                                           trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as exc:
             if local_only and not Path(where).is_dir():
