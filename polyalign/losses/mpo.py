@@ -41,53 +41,105 @@ def mpo_loss(
     return (beta * target_gap - dominant_gap) ** 2
 
 
-def pool_hidden(
-    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "masked_mean"
-) -> torch.Tensor:
-    """Average hidden states over positions: ``[B, T, H] -> [B, H]`` (float32 at least).
+#: The released MPO workflow pads every batch with LLaMA-Factory's collator
+#: (``PairwiseDataCollatorWithPadding(pad_to_multiple_of=8)``): widths are multiples of 8.
+RELEASED_PAD_MULTIPLE = 8
 
-    - ``masked_mean``: ``sum_t m[b,t] h[b,t] / max(1, sum_t m[b,t])`` over non-padding
-      positions (``attention_mask`` ``[B, T]``, 1/True = real token). The project default.
-    - ``unmasked_mean``: ``mean_t h[b,t]`` over *all* T positions, padding included
-      (``attention_mask`` ignored), exactly the released MPO code's ``mean(dim=1)``. Its
-      value depends on how much padding the batch has, so a cached reference vector
-      matches the policy's only when both were pooled from identically padded batches.
+
+def _pair_widths(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Positions pooled per row ``[2B]`` under ``unmasked_mean`` (see :func:`retention_pool_mask`)."""
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown pooling {pooling!r}; expected one of {list(POOLINGS)}", field="retain_pooling")
+    lengths = attention_mask.sum(dim=1)
+    if lengths.shape[0] % 2:
+        raise ValueError(f"unmasked_mean pools chosen/rejected pairs: expected [2B, T] rows, got {lengths.shape[0]}")
+    half = lengths.shape[0] // 2
+    longer = torch.maximum(lengths[:half], lengths[half:])
+    width = (longer + RELEASED_PAD_MULTIPLE - 1) // RELEASED_PAD_MULTIPLE * RELEASED_PAD_MULTIPLE
+    return width.repeat(2)
+
+
+def retention_width(attention_mask: torch.Tensor, pooling: str) -> int:
+    """Columns the hidden states of a dominant pair batch ``[2B, T]`` must cover before pooling.
+
+    ``masked_mean``: the longest row. ``unmasked_mean``: the widest pair's released width (a
+    multiple of 8, :func:`retention_pool_mask`); pad the rows to it before the forward (padding
+    on the right changes no earlier position's hidden state under causal attention).
+    """
+    if pooling == "masked_mean":
+        return int(attention_mask.sum(dim=1).max()) if attention_mask.numel() else 0
+    widths = _pair_widths(attention_mask, pooling)
+    return int(widths.max()) if widths.numel() else 0
+
+
+def retention_pool_mask(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Positions the retention term averages, for a dominant pair batch: ``[2B, T] -> [2B, T]`` (0/1).
+
+    Rows ``0..B-1`` are the chosen, ``B..2B-1`` the rejected sequences, right-padded.
+
+    - ``masked_mean``: the attention mask (real tokens only). The project default.
+    - ``unmasked_mean``: the released MPO code, ``hidden_states[-1].mean(dim=1)`` over its
+      per-device batch of one pair padded by LLaMA-Factory's collator: every position
+      ``t < W_b``, padding included, with ``W_b = ceil(max(len_chosen_b, len_rejected_b) / 8) * 8``
+      for both rows of pair ``b``. Defined per pair, so the reference vectors cached before
+      training and the policy's agree whatever the batching (right padding + causal attention:
+      padding after position ``t`` does not change hidden state ``t``). It equals the released
+      code at its per-device batch of 1; a released batch of several pairs averages over the
+      whole batch's padded width instead, which depends on which pairs share a batch and so
+      cannot be cached: training refuses ``unmasked_mean`` above batch size 1
+      (:class:`~polyalign.training.config.PolyalignConfig`).
+
+    The hidden states must cover ``W_b`` columns (:func:`retention_width`); a ``ValueError`` otherwise.
+    """
+    if pooling == "masked_mean":
+        return attention_mask
+    widths = _pair_widths(attention_mask, pooling)
+    if widths.numel() and int(widths.max()) > attention_mask.shape[1]:
+        raise ValueError(f"unmasked_mean pools {int(widths.max())} positions but the rows have "
+                         f"{attention_mask.shape[1]}: pad them to retention_width() first")
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions.unsqueeze(0) < widths.unsqueeze(1)).to(attention_mask.dtype)
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "masked_mean") -> torch.Tensor:
+    """Average hidden states over the positions of :func:`retention_pool_mask`: ``[2B, T, H] -> [2B, H]``.
+
+    ``pooled[b] = sum_t m[b,t] h[b,t] / max(1, sum_t m[b,t])`` with ``m = retention_pool_mask(
+    attention_mask, pooling)``, in float32 at least.
     """
     if pooling not in POOLINGS:
         raise UserError(f"unknown pooling {pooling!r}; expected one of {list(POOLINGS)}", field="retain_pooling")
     if hidden.dim() != 3:
         raise ValueError(f"pool_hidden expects hidden states [B, T, H], got shape {tuple(hidden.shape)}")
     dtype = torch.promote_types(hidden.dtype, torch.float32)
-    h = hidden.to(dtype)
-    if pooling == "unmasked_mean":
-        return h.mean(dim=1)
-    if attention_mask is None:
-        raise ValueError("masked_mean pooling needs an attention_mask [B, T]")
-    m = attention_mask.to(dtype).unsqueeze(-1)  # [B, T, 1]
-    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    m = retention_pool_mask(attention_mask, pooling).to(dtype).unsqueeze(-1)  # [2B, T, 1]
+    return (hidden.to(dtype) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 
 def retention_loss(
     policy_hidden: torch.Tensor,
     ref: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    attention_mask: torch.Tensor,
     *,
     pooling: str = "masked_mean",
 ) -> torch.Tensor:
     """Retention of dominant-language representations: ``MSE(pool(h_pi), pool(h_ref))``.
 
     ``h`` is the last hidden state (after the final norm) on the dominant-language
-    sequences. ``loss = mean_{b,j} (pool(h_pi)[b,j] - pool(h_ref)[b,j])^2`` (a scalar,
-    mean over the batch B and hidden size H). Intuition: training on target languages must
-    not move the dominant language's representations, which are already well aligned.
+    sequences. ``loss = mean_{b,j} (pool(h_pi)[b,j] - pool(h_ref)[b,j])^2`` (a scalar, mean
+    over the 2B rows and hidden size H; ``pool`` = :func:`pool_hidden`). Intuition: training on
+    target languages must not move the dominant language's representations, which are already
+    well aligned.
 
     Args:
-        policy_hidden: ``[B, T, H]`` policy last hidden states (differentiable).
-        ref: either ``[B, T, H]`` reference hidden states (pooled here the same way) or
-            ``[B, H]`` already-pooled reference vectors (e.g. from the reference cache,
+        policy_hidden: ``[2B, T, H]`` policy last hidden states of a dominant pair batch
+            (differentiable).
+        ref: either ``[2B, T, H]`` reference hidden states (pooled here the same way) or
+            ``[2B, H]`` already-pooled reference vectors (e.g. from the reference cache,
             made with :func:`pool_hidden`); treated as a constant.
-        attention_mask: ``[B, T]`` (ignored by ``unmasked_mean``).
-        pooling: ``masked_mean`` (default) or ``unmasked_mean`` (the released code).
+        attention_mask: ``[2B, T]``.
+        pooling: ``masked_mean`` (default) or ``unmasked_mean`` (the released code, see
+            :func:`retention_pool_mask`).
     """
     pooled_policy = pool_hidden(policy_hidden, attention_mask, pooling)
     if ref.dim() == 3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,34 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments
 
+from polyalign.data.tokenize import TokenizeSettings
 from polyalign.errors import UserError
 from polyalign.io import read_text_strict
+from polyalign.losses import DPO_LOSS_TYPES, MLC_SCALES, POOLINGS
 
 METHODS = ("dpo", "simpo", "orpo", "sft", "mpo")
 # Default weight of the NLL (SFT) term on the chosen answer per method. ORPO is NLL + the
 # odds-ratio term by definition; for DPO a weight around 1 is recommended (plain DPO without
 # it collapsed in a feasibility run) but 0 keeps the textbook objective.
 DEFAULT_NLL_WEIGHT = {"dpo": 0.0, "simpo": 0.0, "orpo": 1.0, "sft": 1.0, "mpo": 0.0}
+# The methods that read each method-specific setting (polyalign.training.objective); under any
+# other method a value other than the default is refused (it would be ignored). Settings of
+# where things go (output_dir, reference_cache_dir, ...) are not method-specific.
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "beta": ("dpo", "simpo", "orpo"),
+    "loss_type": ("dpo",),
+    "label_smoothing": ("dpo",),
+    "simpo_gamma": ("simpo",),
+    "nll_weight": ("dpo", "simpo", "orpo", "sft"),
+    "mpo_beta": ("mpo",),
+    "retain_alpha": ("mpo",),
+    "retain_pooling": ("mpo",),
+    "dominant_language": ("mpo",),
+    "ref_model_name_or_path": ("dpo", "mpo"),
+}
+# Read only by the MLC term (mlc_weight > 0).
+MLC_SETTINGS = ("mlc_tau", "mlc_every", "mlc_layer", "mlc_dim", "mlc_scale", "mlc_languages", "variants_file",
+                "variants_format")
 
 
 @dataclass
@@ -96,11 +117,8 @@ class PolyalignConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; expected one of {list(METHODS)}", field="method")
-        if self.retain_pooling not in ("masked_mean", "unmasked_mean"):
-            raise UserError(f"must be masked_mean or unmasked_mean, got {self.retain_pooling!r}", field="retain_pooling")
-        from polyalign.data.tokenize import TokenizeSettings
-        from polyalign.losses import DPO_LOSS_TYPES
-
+        if self.retain_pooling not in POOLINGS:
+            raise UserError(f"must be one of {list(POOLINGS)}, got {self.retain_pooling!r}", field="retain_pooling")
         if self.loss_type not in DPO_LOSS_TYPES:
             raise UserError(f"must be one of {list(DPO_LOSS_TYPES)}, got {self.loss_type!r}", field="loss_type")
         # Validate the tokenisation settings now, so errors point at the recipe line.
@@ -108,15 +126,39 @@ class PolyalignConfig(TrainingArguments):
                          truncation_mode=self.truncation_mode, on_overlong=self.on_overlong,
                          prefix_mismatch=self.prefix_mismatch, chat_template=self.chat_template)
         self._check_mlc()
+        self._check_method_settings()
         if self.remove_unused_columns:
             raise UserError("polyalign batches need remove_unused_columns: false", field="remove_unused_columns")
         super().__post_init__()
 
+    def _check_method_settings(self) -> None:
+        """Refuse a setting the method (or the MLC term, when off) would silently ignore.
+
+        A setting counts as given when it differs from its default, so one recipe can serve
+        several methods by overriding ``method`` alone (the tests' tiny MPO recipe does).
+        """
+        fields = type(self).__dataclass_fields__
+        for name, methods in METHOD_SETTINGS.items():
+            if self.method not in methods and getattr(self, name) != fields[name].default:
+                raise UserError(f"method {self.method} does not use this setting (used by {', '.join(methods)}); "
+                                "remove it", field=name)
+        if not self.mlc_enabled:
+            for name in MLC_SETTINGS:
+                if getattr(self, name) != fields[name].default:
+                    raise UserError("only used by the MLC term: set mlc_weight > 0 or remove it", field=name)
+        if self.method == "dpo" and self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+            raise UserError(f"loss_type {self.loss_type} does not use label_smoothing (sigmoid and robust do); "
+                            "remove it", field="label_smoothing")
+        if self.method == "mpo" and self.retain_pooling == "unmasked_mean":
+            # The released code pools a batch of several pairs over the whole batch's padded width:
+            # a reference vector cached per pair cannot match it (docs/methods.md section 1).
+            for name, used in (("per_device_train_batch_size", True), ("per_device_eval_batch_size", self.eval_file)):
+                if used and getattr(self, name) > 1:
+                    raise UserError(f"unmasked_mean reproduces the released pooling at a per-device batch of one pair "
+                                    f"only; set {name}: 1 (got {getattr(self, name)}) or use masked_mean",
+                                    field="retain_pooling")
+
     def _check_mlc(self) -> None:
-        import math
-
-        from polyalign.losses.mlc_loss import MLC_SCALES
-
         if isinstance(self.mlc_weight, bool) or not (isinstance(self.mlc_weight, (int, float))
                                                      and math.isfinite(self.mlc_weight) and self.mlc_weight >= 0):
             raise UserError(f"must be a finite number >= 0, got {self.mlc_weight!r}", field="mlc_weight")
@@ -142,8 +184,6 @@ class PolyalignConfig(TrainingArguments):
             # The stock best-model reload does not know the policy + extractor wrapper.
             raise UserError("load_best_model_at_end is not supported with the MLC term; pick a checkpoint-N "
                             "folder instead", field="load_best_model_at_end")
-        if self.variants_file and not self.mlc_enabled:
-            raise UserError("variants_file is only used by the MLC term: set mlc_weight > 0", field="variants_file")
 
     @property
     def mlc_enabled(self) -> bool:

@@ -6,7 +6,8 @@ Per method (all per example, in the example's chosen/rejected order):
   ``ref_chosen_avg_logps``, ``ref_rejected_avg_logps`` (length-normalised);
 - ``mpo``: on the dominant-language pair, ``ref_chosen_avg_logps`` / ``ref_rejected_avg_logps``
   (their difference is the dominant reward gap ``RG_d``) and the pooled last hidden states
-  ``ref_chosen_pooled`` / ``ref_rejected_pooled`` ``[H]`` (see :func:`retention_pool_mask`);
+  ``ref_chosen_pooled`` / ``ref_rejected_pooled`` ``[H]`` (:func:`polyalign.losses.pool_hidden`, the
+  retention term's own pooling, so cache and loss share one definition);
 - ``simpo``, ``orpo``, ``sft``: nothing (reference-free).
 
 The cache file ``<cache_dir>/<key>.safetensors`` holds one tensor per quantity with rows in
@@ -32,8 +33,9 @@ import torch
 
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, text_fingerprint
-from polyalign.losses import pool_hidden
-from polyalign.training.forward import model_sequence_logps
+from polyalign.losses import pool_hidden, retention_width
+from polyalign.losses.mpo import RELEASED_PAD_MULTIPLE
+from polyalign.training.forward import Rows, model_sequence_logps
 
 log = logging.getLogger("polyalign.training")
 
@@ -69,33 +71,14 @@ def model_fingerprint(name_or_path: str) -> str:
     return text_fingerprint(*parts)
 
 
-def retention_pool_mask(batch: dict[str, Any], pooling: str) -> torch.Tensor:
-    """Positions averaged by the retention term for a preference batch ``[2B, T]``.
-
-    ``masked_mean``: the attention mask (real tokens only). ``unmasked_mean`` (released MPO
-    code, ``mean(dim=1)`` over a per-device batch of 1, i.e. the chosen and rejected
-    dominant sequences padded to the longer of the two): every position ``t < max(len_c,
-    len_r)`` of the example's pair, padding included. Defined per example, it does not
-    depend on what else is in the batch, so cached reference vectors and the policy's
-    agree whatever the batching (right padding + causal attention: extra padding after
-    position ``t`` does not change hidden state ``t``).
-    """
-    attention = batch["attention_mask"]
-    if pooling == "masked_mean":
-        return attention
-    lengths = attention.sum(dim=1)
-    half = lengths.shape[0] // 2
-    pair = torch.maximum(lengths[:half], lengths[half:]).repeat(2)  # [2B]
-    positions = torch.arange(attention.shape[1], device=attention.device)
-    return (positions.unsqueeze(0) < pair.unsqueeze(1)).long()
-
-
 def cache_key(
     model_fp: str, dtype: str | None, data_fps: list[str], settings: dict[str, Any], method: str,
     pooling: str, dataset: Any,
 ) -> str:
     """Stable key of everything the cached values depend on."""
     examples = [[e["id"], _token_view(e)] for e in dataset.examples]
+    if pooling == "unmasked_mean":  # pooled over widths rounded up to 8 since issue 18: older caches differ
+        pooling = f"{pooling}:pad{RELEASED_PAD_MULTIPLE}"
     return text_fingerprint("polyalign-reference-v1", model_fp, str(dtype), data_fps, settings, method, pooling,
                             text_fingerprint(examples))
 
@@ -143,16 +126,17 @@ def compute_reference_values(
                 examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 if method == "mpo":
                     examples = [e["dominant"] for e in examples]
-                batch = collate_preference(examples, pad_token_id)
+                rows = Rows.of(collate_preference(examples, pad_token_id)).to(device)
+                if method == "mpo":  # the positions the retention term pools must be there
+                    rows = rows.padded(retention_width(rows.attention_mask, pooling), pad_token_id)
                 n = len(examples)
-                tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
-                total, avg, _, hidden, _ = model_sequence_logps(model, **tensors, chunk_size=chunk_size)
+                total, avg, _, hidden, _ = model_sequence_logps(model, rows.input_ids, rows.attention_mask,
+                                                                rows.response_mask, chunk_size=chunk_size)
                 REFERENCE_FORWARD_CALLS += 1
                 values = {"ref_chosen_logps": total[:n], "ref_rejected_logps": total[n:],
                           "ref_chosen_avg_logps": avg[:n], "ref_rejected_avg_logps": avg[n:]}
                 if method == "mpo":
-                    mask = retention_pool_mask({"attention_mask": tensors["attention_mask"]}, pooling)
-                    pooled = pool_hidden(hidden, mask, "masked_mean")
+                    pooled = pool_hidden(hidden, rows.attention_mask, pooling)
                     values.update(ref_chosen_pooled=pooled[:n], ref_rejected_pooled=pooled[n:])
                 for k, v in values.items():
                     out.setdefault(k, []).append(v.detach().float().cpu())

@@ -3,8 +3,9 @@
 Everything else (accelerate, DDP / DeepSpeed, mixed precision, gradient accumulation,
 checkpointing, resume, logging integrations) is the stock Trainer. What changes:
 
-- :meth:`compute_loss` runs :func:`polyalign.training.objective.compute_objective` (one policy
-  forward) and stores the terms and per-language metrics;
+- :meth:`compute_loss` runs the method's :class:`polyalign.training.objective.Objective` (one
+  policy forward; the method's step is picked once, at set-up) and stores the terms and
+  per-language metrics;
 - :meth:`log` adds their means (train: ``dpo``, ``nll``, ``rewards/accuracy``,
   ``zh/rewards/margins`` ...; eval: the same with the evaluation prefix, e.g. ``eval_zh_...``
   when ``eval_dataset`` is a dict of per-language datasets), gathered over processes;
@@ -25,14 +26,17 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer
 
 from polyalign.data.collate import LengthGroupedSampler
+from polyalign.errors import UserError
 from polyalign.training.callbacks import check_finite_loss
+from polyalign.training.extractor import MLCExtractor
 from polyalign.training.forward import reshard_after_scoring
 from polyalign.training.mlc_term import should_apply
 from polyalign.training.mlc_policy import PolicyWithExtractor, extractor_from_state, split_state_dict
-from polyalign.training.objective import compute_objective
+from polyalign.training.objective import Objective
 
 logger = logging.getLogger("polyalign.training")
 
@@ -48,6 +52,7 @@ class PolyalignTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         tokenizer = self.processing_class
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+        self.objective = Objective(self.args, self.pad_token_id)  # the method's step, chosen once
         self._eval_prefix = "eval"
         self._stored: dict[str, dict[str, Any]] = {}
         self._reset("train")
@@ -63,7 +68,7 @@ class PolyalignTrainer(Trainer):
     ) -> Any:
         """The weighted sum of the method's terms on this batch (see :mod:`polyalign.training.objective`)."""
         apply_mlc = not model.training or should_apply(self.state.global_step, int(self.args.mlc_every))
-        out = compute_objective(model, inputs, self.args, self.pad_token_id, apply_mlc=apply_mlc)
+        out = self.objective(model, inputs, apply_mlc=apply_mlc)
         if model.training:  # stop at a NaN/inf loss, naming the step and examples
             check_finite_loss(self, out.loss, inputs)
         store = self._stored["train" if model.training else "eval"]
@@ -96,8 +101,6 @@ class PolyalignTrainer(Trainer):
     def _gathered(self, mode: str) -> dict[str, Any]:
         store = self._stored[mode]
         if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
             parts = gather_object([{k: dict(v) if isinstance(v, dict) else v for k, v in store.items()}])
             merged = {"sums": defaultdict(float), "counts": defaultdict(int), "terms": defaultdict(float), "steps": 0}
             for part in parts:
@@ -153,12 +156,8 @@ class PolyalignTrainer(Trainer):
             # included: loading them into the inner policy fails on the "policy." keys.
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         super()._load_from_checkpoint(resume_from_checkpoint, target.policy)
-        from polyalign.training.extractor import MLCExtractor
-
         saved = MLCExtractor.load(resume_from_checkpoint)
         if saved.config_dict() != target.mlc_extractor.config_dict():
-            from polyalign.errors import UserError
-
             raise UserError(f"checkpoint extractor {saved.config_dict()} does not match this run's "
                             f"{target.mlc_extractor.config_dict()} (mlc_dim / mlc_layer)", file=resume_from_checkpoint)
         with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polyalign.errors import UserError
-from polyalign.losses import mpo_loss, pool_hidden, retention_loss
+from polyalign.losses import mpo_loss, pool_hidden, retention_loss, retention_width
 
 
 def test_mpo_loss_matches_formula():
@@ -33,12 +33,19 @@ def test_mpo_loss_gradient_only_reaches_target_side():
 
 
 def _brute_pool(h: np.ndarray, m: np.ndarray, pooling: str) -> np.ndarray:
+    """masked_mean: mean over real tokens. unmasked_mean, the released code at per-device batch 1:
+    the pair (rows b and b + B) padded to its longer row rounded up to a multiple of 8, then
+    ``mean(dim=1)`` over that width, padding included."""
     b_, t_, h_ = h.shape
     out = np.zeros((b_, h_))
     for b in range(b_):
+        if pooling == "unmasked_mean":
+            pair = b % (b_ // 2)
+            longer = max(int(m[pair].sum()), int(m[pair + b_ // 2].sum()))
+            width = longer if longer % 8 == 0 else longer + 8 - longer % 8
         count = 0
         for t in range(t_):
-            if pooling == "unmasked_mean" or m[b, t]:
+            if (pooling == "unmasked_mean" and t < width) or (pooling == "masked_mean" and m[b, t]):
                 out[b] += h[b, t]
                 count += 1
         out[b] /= max(count, 1)
@@ -54,9 +61,20 @@ def hidden_batch():
     return h_pol, h_ref, mask
 
 
-@pytest.mark.parametrize("pooling", ["masked_mean", "unmasked_mean"])
-def test_retention_loss_matches_brute_force(hidden_batch, pooling):
-    h_pol, h_ref, mask = hidden_batch
+@pytest.fixture
+def pair_batch():
+    """Two chosen/rejected pairs (rows c0, c1, r0, r1), right-padded to 16 columns: pair 0 is
+    16 and 5 tokens long (released width 16), pair 1 is 3 and 2 (released width 8)."""
+    rng = np.random.default_rng(2)
+    lengths = [16, 3, 5, 2]
+    mask = np.array([[1] * n + [0] * (16 - n) for n in lengths])
+    return rng.normal(size=(4, 16, 4)), rng.normal(size=(4, 16, 4)), mask
+
+
+@pytest.mark.parametrize(("batch", "pooling"), [("hidden_batch", "masked_mean"), ("pair_batch", "masked_mean"),
+                                               ("pair_batch", "unmasked_mean")])
+def test_retention_loss_matches_brute_force(request, batch, pooling):
+    h_pol, h_ref, mask = request.getfixturevalue(batch)
     p = _brute_pool(h_pol, mask, pooling)
     r = _brute_pool(h_ref, mask, pooling)
     expected = float(((p - r) ** 2).mean())
@@ -68,12 +86,25 @@ def test_retention_loss_matches_brute_force(hidden_batch, pooling):
     assert retention_loss(args[0], pooled_ref, args[2], pooling=pooling).item() == pytest.approx(expected, abs=1e-12)
 
 
-def test_pooling_modes_differ_with_padding(hidden_batch):
-    h_pol, _, mask = hidden_batch
+def test_pooling_modes_differ_with_padding(pair_batch):
+    h_pol, _, mask = pair_batch
     masked = pool_hidden(torch.tensor(h_pol), torch.tensor(mask), "masked_mean")
     unmasked = pool_hidden(torch.tensor(h_pol), torch.tensor(mask), "unmasked_mean")
-    assert torch.allclose(masked[0], unmasked[0])  # row 0 has no padding
-    assert not torch.allclose(masked[1], unmasked[1])
+    assert torch.allclose(masked[0], unmasked[0])  # row 0 fills its pair's released width 16
+    assert not torch.allclose(masked[2], unmasked[2])  # row 2: 5 tokens, pooled over 16 positions
+
+
+def test_unmasked_pooling_needs_the_released_width_and_pairs(pair_batch):
+    h_pol, _, mask = pair_batch
+    # 9 and 5 tokens in 9 columns: the pair's released width is 16, the rows are too narrow
+    short = torch.tensor([[1] * 9, [1] * 3 + [0] * 6, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
+    assert retention_width(torch.tensor(mask), "unmasked_mean") == 16
+    assert retention_width(torch.tensor(mask), "masked_mean") == 16
+    assert retention_width(torch.tensor(mask[1::2]), "unmasked_mean") == 8
+    with pytest.raises(ValueError, match="retention_width"):
+        pool_hidden(torch.tensor(h_pol[:, :9]), short, "unmasked_mean")
+    with pytest.raises(ValueError, match="pairs"):
+        pool_hidden(torch.tensor(h_pol[:3]), torch.tensor(mask[:3]), "unmasked_mean")
 
 
 def test_retention_loss_float32_and_gradient(hidden_batch):

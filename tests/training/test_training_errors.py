@@ -51,8 +51,8 @@ def test_unknown_override_and_bad_values_are_user_errors(tmp_path, capsys):
     with pytest.raises(UserError) as err:
         load_config(recipe)
     assert (err.value.file, err.value.line, err.value.field) == (str(recipe), 2, "truncation_mode")
-    config = load_config(TINY_RECIPE, ["--output_dir", str(tmp_path), "--learning_rate", "1e-5", "--beta=0.25"])
-    assert config.learning_rate == 1e-5 and config.beta == 0.25 and config.remove_unused_columns is False
+    config = load_config(TINY_RECIPE, ["--output_dir", str(tmp_path), "--learning_rate", "1e-5", "--mpo_beta=0.25"])
+    assert config.learning_rate == 1e-5 and config.mpo_beta == 0.25 and config.remove_unused_columns is False
 
 
 def _pair(pid: str, language: str, user: str = "How are you?") -> PreferencePair:

@@ -65,8 +65,10 @@ def test_dpo_first_step_is_ln2_and_run_saves_a_generating_model(tiny_ckpt, pairs
 @pytest.mark.parametrize("method", ["simpo", "orpo", "sft"])
 @pytest.mark.parametrize("tiny_ckpt", ["llama", "gemma3"], indirect=True)
 def test_reference_free_methods_first_loss_matches_formula(method, tiny_ckpt, pairs_file, tmp_path):
-    config, info = run(tiny_ckpt, pairs_file, tmp_path, method, method=method, beta=0.5, simpo_gamma=0.3,
-                       train_sampling_strategy="group_by_length")
+    # only the settings the method reads (others are refused): beta for simpo/orpo, simpo_gamma for simpo
+    used = {"simpo": {"beta": 0.5, "simpo_gamma": 0.3}, "orpo": {"beta": 0.5}, "sft": {}}[method]
+    config, info = run(tiny_ckpt, pairs_file, tmp_path, method, method=method,
+                       train_sampling_strategy="group_by_length", **used)
     losses = logged(info, "loss")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     model, examples = initial_examples(config, tiny_ckpt, pairs_file)

@@ -224,8 +224,8 @@ def _held_out_rank1(model, extractor, batch):
 
 
 def test_a_few_steps_raise_the_rank1_share_of_held_out_variants(tiny_ckpt, mlc_file, tmp_path):
-    extra = {"method": "sft", "max_steps": 8, "mlc_every": 1, "nll_weight": 0.1}
-    config, _ = run(tiny_ckpt, mlc_file, tmp_path / "mlc", mlc_weight=2.0, **extra)
+    extra = {"method": "sft", "max_steps": 8, "nll_weight": 0.1}
+    config, _ = run(tiny_ckpt, mlc_file, tmp_path / "mlc", mlc_weight=2.0, mlc_every=1, **extra)
     run(tiny_ckpt, mlc_file, tmp_path / "plain", mlc_weight=0.0, **extra)
     model, _, held = _batch(config, tiny_ckpt, mlc_file, 12, 24)  # prompts never trained on
     initial = wrap_policy(model, config).mlc_extractor

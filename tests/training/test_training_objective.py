@@ -34,10 +34,11 @@ def setup():
     return tok, model, examples
 
 
-def _released_pool(model, dominant: dict) -> torch.Tensor:
-    """Released MPO code at per-device batch 1: pad the pair to its longer row, mean over dim 1."""
+def _released_pool(model, dominant: dict, multiple: int = 8) -> torch.Tensor:
+    """Released MPO code at per-device batch 1: LLaMA-Factory pads the pair to its longer row rounded
+    up to a multiple of 8 (``pad_to_multiple_of=8``), then ``hidden_states[-1].mean(dim=1)``."""
     rows = [dominant["prompt_input_ids"] + dominant[f"{s}_input_ids"] for s in ("chosen", "rejected")]
-    width = max(map(len, rows))
+    width = -(-max(map(len, rows)) // multiple) * multiple
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     with torch.no_grad():
@@ -61,7 +62,7 @@ def test_unmasked_pooling_reproduces_the_released_code_whatever_the_batching(set
 def test_mpo_terms_at_initialisation(setup, pooling, tmp_path):
     tok, model, examples = setup
     config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": pooling, "mpo_beta": 1.5,
-                                       "retain_alpha": 2.0})
+                                       "retain_alpha": 2.0, "per_device_train_batch_size": 1})
     dataset = ExampleDataset([{**e, "dominant": dict(e["dominant"])} for e in examples])
     values = rc.compute_reference_values(model, dataset, "mpo", pad_token_id=tok.pad_token_id, pooling=pooling)
     rc.attach_values(dataset, dataset.ids, values, "mpo")
@@ -110,7 +111,8 @@ def test_mpo_two_forwards_equal_one_joined_forward(setup, pooling, tmp_path):
     here is wider than the dominant pair, so the joined forward really pads)."""
     tok, _, examples = setup
     model = build_tiny_model("llama", tok, seed=7)
-    config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": pooling, "mpo_beta": 1.5})
+    config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": pooling, "mpo_beta": 1.5,
+                                       "per_device_train_batch_size": 1})
     dataset = ExampleDataset([{**e, "dominant": dict(e["dominant"])} for e in examples])
     reference = build_tiny_model("llama", tok, seed=8)  # a different model: non-zero retention
     values = rc.compute_reference_values(reference, dataset, "mpo", pad_token_id=tok.pad_token_id, pooling=pooling)
@@ -132,3 +134,35 @@ def test_mpo_two_forwards_equal_one_joined_forward(setup, pooling, tmp_path):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for key, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][key], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_unmasked_retention_equals_the_released_formula_in_float64(setup, tmp_path, wrapped):
+    """The released step at per-device batch 1, brute force in float64: the dominant pair padded by
+    LLaMA-Factory's collator to a multiple of 8, ``hidden_states[-1].mean(dim=1)`` under the policy
+    and under the reference, ``MSELoss`` of the two. polyalign caches the reference side before
+    training (in batches of two pairs) and computes the policy side in the objective; both forward
+    paths (two forwards / one joined forward) must give the same number."""
+    tok, _, examples = setup
+    policy = build_tiny_model("llama", tok, seed=7).double()
+    reference = build_tiny_model("llama", tok, seed=8).double()
+    lengths = [len(e["dominant"]["prompt_input_ids"]) + len(e["dominant"][f"{s}_input_ids"])
+               for e in examples for s in ("chosen", "rejected")]
+    assert any(n % 8 for n in lengths)  # the rounding to 8 matters here
+    config = load_config(TINY_RECIPE, {"output_dir": str(tmp_path), "retain_pooling": "unmasked_mean",
+                                       "per_device_train_batch_size": 1})
+    dataset = ExampleDataset([{**e, "dominant": dict(e["dominant"])} for e in examples])
+    values = rc.compute_reference_values(reference, dataset, "mpo", pad_token_id=tok.pad_token_id, batch_size=2,
+                                         pooling="unmasked_mean")
+    rc.attach_values(dataset, dataset.ids, values, "mpo")
+    for example in dataset.examples:
+        released = float(((_released_pool(policy, example["dominant"])
+                           - _released_pool(reference, example["dominant"])) ** 2).mean())
+        batch = collate_mpo([example], tok.pad_token_id)
+        scored = _OwnForwardWrapper(policy) if wrapped else policy
+        out = compute_objective(scored, batch, config, tok.pad_token_id)
+        unrounded = float(((_released_pool(policy, example["dominant"], 1)
+                            - _released_pool(reference, example["dominant"], 1)) ** 2).mean())
+        assert released > 1e-4 and abs(unrounded - released) > 1e-4 * released  # the padding is pooled
+        # the cached reference vectors are float32: agreement to ~1e-8
+        assert out.terms["retention"] == pytest.approx(released, rel=1e-6)
