@@ -17,7 +17,8 @@ and weight files' names, sizes and mtimes, or the hub id), the model dtype, the 
 fingerprints, the tokenisation settings, the tokenised examples themselves and the method's
 reference settings (pooling). A later run with the same key loads the file and never loads or
 runs the reference model: :data:`REFERENCE_FORWARD_CALLS` counts reference forward batches so
-tests can check that.
+tests can check that. On a miss the reference pass runs in length-sorted batches (little compute
+on padding) with a progress bar on stderr, and writes each value back to its example's row.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from polyalign.data.collate import collate_preference
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json, text_fingerprint
 from polyalign.losses import pool_hidden, retention_width
@@ -107,23 +111,45 @@ def _full_parameters(model: torch.nn.Module) -> Any:
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
+def _pair_length(example: dict[str, Any], method: str) -> int:
+    """Width of an example's reference rows: prompt + the longer answer (MPO: the dominant pair)."""
+    side = example["dominant"] if method == "mpo" else example
+    return len(side["prompt_input_ids"]) + max(len(side["chosen_input_ids"]), len(side["rejected_input_ids"]))
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of ``batch_size`` after sorting by length, longest first (ties in input
+    order): neighbours in length share a batch, so little of the reference pass runs on padding."""
+    if batch_size < 1:
+        raise UserError(f"must be at least 1, got {batch_size}", field="per_device_eval_batch_size")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def compute_reference_values(
     model: torch.nn.Module, dataset: Any, method: str, *, pad_token_id: int, batch_size: int = 8,
-    pooling: str = "masked_mean", chunk_size: int = 1024,
+    pooling: str = "masked_mean", chunk_size: int = 1024, progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Run the reference (``model`` in eval mode, no grad) over ``dataset``; tensors in dataset order."""
-    global REFERENCE_FORWARD_CALLS
-    from polyalign.data.collate import collate_preference
+    """Run the reference (``model`` in eval mode, no grad) over ``dataset``; tensors in dataset order.
 
+    Examples are scored in length-sorted batches (:func:`length_sorted_batches`) and each value
+    is written back to its example's row, so the result is the one of any other batching (up to
+    floating-point summation order): every value is per example. A progress bar on stderr shows
+    up when the pass takes more than a few seconds (``progress``).
+    """
+    global REFERENCE_FORWARD_CALLS
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    batches = length_sorted_batches([_pair_length(dataset[i], method) for i in range(len(dataset))], batch_size)
+    bar = tqdm(total=len(dataset), desc="reference values", unit="example", file=sys.stderr, delay=3.0,
+               disable=not progress, dynamic_ncols=True)
     try:
-        with _full_parameters(model):  # DeepSpeed ZeRO-3: see _full_parameters
-            for start in range(0, len(dataset), batch_size):
-                examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        with _full_parameters(model), bar:  # DeepSpeed ZeRO-3: see _full_parameters
+            for index in batches:
+                examples = [dataset[i] for i in index]
                 if method == "mpo":
                     examples = [e["dominant"] for e in examples]
                 rows = Rows.of(collate_preference(examples, pad_token_id)).to(device)
@@ -138,11 +164,13 @@ def compute_reference_values(
                 if method == "mpo":
                     pooled = pool_hidden(hidden, rows.attention_mask, pooling)
                     values.update(ref_chosen_pooled=pooled[:n], ref_rejected_pooled=pooled[n:])
-                for k, v in values.items():
-                    out.setdefault(k, []).append(v.detach().float().cpu())
+                for k, v in values.items():  # back to the examples' own rows
+                    column = out.setdefault(k, torch.empty((len(dataset), *v.shape[1:]), dtype=torch.float32))
+                    column[index] = v.detach().float().cpu()
+                bar.update(n)
     finally:
         model.train(was_training)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return out
 
 
 def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
