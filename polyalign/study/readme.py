@@ -59,6 +59,7 @@ def render_readme_block(summary: dict[str, Any]) -> str:
              f"Unsafe rate on MultiJail ({n} seeded prompts per language, the same for every method; {spread}; "
              f"binomial standard error of one rate up to {0.5 / n ** 0.5:.2f}):" if n else "Unsafe rate on MultiJail:",
              "", results_table(summary).rstrip("\n"), "", group_table(summary).rstrip("\n"), ""]
+    lines.append(_changes_line(summary))
     for metric, title in (("language_fidelity", "Language fidelity"), ("degenerate_rate", "Degenerate answers"),
                           ("reward_gap", "Reward gap (held-out target pairs)")):
         cells = []
@@ -93,11 +94,33 @@ def render_readme_block(summary: dict[str, Any]) -> str:
     what = "sum of the finished stages" if cost.get("from_stage_records") else "the whole command"
     lines += ["", *_budget_lines(summary.get("budget")),
               f"Cost ({what}): {cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 60:.1f} CPU-min, peak memory "
-              f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads, 1-minute load {load['start']} at the "
+              f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads (OpenMP waits "
+              f"{cost.get('omp_wait_policy') or 'default'}), 1-minute load {load['start']} at the "
               f"start and {load['end']} at the end ({'quick' if summary['recipe']['quick'] else 'full'} recipe "
               f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}{' + local changes' if git.get('dirty') else ''}"
               f"; stages reused from an earlier run: {len(cost['stages_skipped'])}).", "", END]
     return "\n".join(lines)
+
+
+def _changes_line(summary: dict[str, Any]) -> str:
+    """Per trained method: the languages whose mean unsafe rate differs from base, with the change."""
+    methods = summary["methods"]
+    if "base" not in methods:
+        return "- Change from base: no base evaluation."
+    base = methods["base"]["per_language"]
+    parts = []
+    for method, data in methods.items():
+        if method == "base":
+            continue
+        diffs = {}
+        for lang, entry in data["per_language"].items():
+            after, before = entry["unsafe_rate"]["mean"], base.get(lang, {}).get("unsafe_rate", {}).get("mean")
+            if after is not None and before is not None and abs(after - before) > 1e-9:
+                diffs[lang] = after - before
+        n = sum(1 for e in data["per_language"].values() if e["unsafe_rate"]["mean"] is not None)
+        changed = ", ".join(f"{lang} {d:+.2f}" for lang, d in diffs.items()) or "none"
+        parts.append(f"{LABELS.get(method, method)}: {len(diffs)} of {n} languages changed ({changed})")
+    return "- Unsafe rate changed from base (negative = safer): " + "; ".join(parts) + "."
 
 
 def _met(flag: bool | None) -> str:

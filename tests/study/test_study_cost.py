@@ -24,14 +24,14 @@ RECIPE = REPO / "recipes" / "study" / "smollm2_multijail.yaml"
 def test_work_units_of_the_real_recipe_by_hand():
     full, quick = load_recipe(RECIPE).values, load_recipe(RECIPE, quick=True).values
     # dpo_en, full: 100 English pairs, batch 4 -> 25 steps; 3 forwards per trained row + 1 reference forward each
-    assert stage_units(full, "train-dpo_en-s1") == (3 * 25 * 4 + 100) * 128
-    # mpo, full: 16 target pairs x 6 languages = 96 -> 24 steps of 4
-    assert stage_units(full, "train-mpo-s0") == (3 * 24 * 4 + 96) * 128
+    assert stage_units(full, "train-dpo_en-s1") == (3 * 25 * 4 + 100) * 64
+    # mpo, full: 8 target pairs x 6 languages = 48 -> 12 steps of 4
+    assert stage_units(full, "train-mpo-s0") == (3 * 12 * 4 + 48) * 64
     # quick: max_steps 6, max_examples 24 (the 24 target pairs; 24 of the 100 English pairs)
     assert stage_units(quick, "train-dpo_mlc-s0") == (3 * 6 * 4 + 24) * 64
     assert stage_units(quick, "train-dpo_target-s0") == (3 * 6 * 4 + 24) * 64
-    assert stage_units(full, "eval-base") == 16 * 48 and stage_units(quick, "eval-mpo-s0") == 4 * 24
-    assert stage_units(full, "probes") == (17 * 48 + 10 * 48) * 64
+    assert stage_units(full, "eval-base") == 12 * 24 and stage_units(quick, "eval-mpo-s0") == 4 * 24
+    assert stage_units(full, "probes") == (17 * 24 + 10 * 24) * 64
     assert stage_units(full, "data") == stage_units(quick, "data") == 1
 
 
@@ -44,8 +44,8 @@ def test_prediction_scales_each_measured_stage_by_its_work():
     evals = [10.0 + i for i, name in enumerate(expected_stages(quick)) if name.startswith("eval-")]
     eval_rate = sum(e / (4 * 24) for e in evals) / len(evals)
     train_en = measured["stages"]["train-dpo_en-s0"]["cpu_s"] / ((3 * 6 * 4 + 24) * 64)
-    assert got["per_stage"]["eval-dpo_target-s1"] == pytest.approx(eval_rate * 16 * 48, abs=0.05)
-    assert got["per_stage"]["train-dpo_en-s1"] == pytest.approx(train_en * (3 * 25 * 4 + 100) * 128, abs=0.05)
+    assert got["per_stage"]["eval-dpo_target-s1"] == pytest.approx(eval_rate * 12 * 24, abs=0.05)
+    assert got["per_stage"]["train-dpo_en-s1"] == pytest.approx(train_en * (3 * 25 * 4 + 100) * 64, abs=0.05)
     assert got["per_stage"]["data"] == measured["stages"]["data"]["cpu_s"]
     assert set(got["per_stage"]) == set(expected_stages(full)) and len(got["per_stage"]) == 19
     assert got["cpu_s"] == pytest.approx(sum(got["per_stage"].values()), abs=0.1)
