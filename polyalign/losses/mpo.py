@@ -62,12 +62,12 @@ def _pair_widths(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
 def retention_width(attention_mask: torch.Tensor, pooling: str) -> int:
     """Columns the hidden states of a dominant pair batch ``[2B, T]`` must cover before pooling.
 
-    ``masked_mean``: the longest row. ``unmasked_mean``: the widest pair's released width (a
-    multiple of 8, :func:`retention_pool_mask`); pad the rows to it before the forward (padding
-    on the right changes no earlier position's hidden state under causal attention).
+    ``masked_mean``: the rows' own width ``T``. ``unmasked_mean``: the widest pair's released
+    width (a multiple of 8, :func:`retention_pool_mask`); pad the rows to it before the forward
+    (padding on the right changes no earlier position's hidden state under causal attention).
     """
     if pooling == "masked_mean":
-        return int(attention_mask.sum(dim=1).max()) if attention_mask.numel() else 0
+        return attention_mask.shape[1]
     widths = _pair_widths(attention_mask, pooling)
     return int(widths.max()) if widths.numel() else 0
 

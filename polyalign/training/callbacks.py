@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json
@@ -57,8 +58,6 @@ def check_finite_loss(trainer: Any, loss: torch.Tensor, inputs: dict[str, Any]) 
         if not finite:
             raise NonFiniteLossError(step, float(loss.detach().float().reshape(-1)[0]), batch_ids(inputs))
         return
-    from accelerate.utils import gather_object
-
     flag = torch.tensor([0.0 if finite else 1.0], device=loss.device)
     if float(accelerator.reduce(flag, reduction="sum").item()) == 0.0:
         return

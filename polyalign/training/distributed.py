@@ -25,12 +25,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from accelerate.state import AcceleratorState
+
 from polyalign.errors import UserError
 from polyalign.io import atomic_write_json
+from polyalign.training import reference_cache
+from polyalign.training.identity import checkpoint_matches
 
 log = logging.getLogger("polyalign.training")
 
@@ -75,8 +82,6 @@ def resolve_resume(resume: Any, output_dir: str | Path, fingerprint: str | None 
     or None; checkpoints of another run are skipped with a warning. A path: that checkpoint,
     which must exist, be complete and (with a fingerprint) come from this run, else a UserError.
     """
-    from polyalign.training.identity import checkpoint_matches
-
     if resume is None or resume is False or resume == "":
         return None
     if isinstance(resume, str) and resume.lower() in AUTO_RESUME:
@@ -126,9 +131,6 @@ def ensure_output_dir(output_dir: str | Path) -> Path:
     is a :class:`UserError` naming the folder (field ``output_dir``) instead of a traceback
     from deep inside the Trainer after minutes of work.
     """
-    import os
-    import tempfile
-
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -159,16 +161,12 @@ def apply_ddp_defaults(config: Any) -> None:
 
 def process_index() -> tuple[int, int]:
     """``(index, count)`` of this process (``(0, 1)`` outside a distributed launch)."""
-    from accelerate import PartialState
-
     state = PartialState()
     return int(state.process_index), int(state.num_processes)
 
 
 def _distributed_type() -> str | None:
     """accelerate's distributed type of this run (``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``, ``DEEPSPEED``)."""
-    from accelerate.state import AcceleratorState
-
     try:
         kind = AcceleratorState().distributed_type
     except (AttributeError, ValueError):  # no Accelerator was created in this process
@@ -178,8 +176,6 @@ def _distributed_type() -> str | None:
 
 def write_rank_report(output_dir: str | Path, run_info: dict[str, Any]) -> Path:
     """Write ``<output_dir>/ranks/rank-<i>.json`` for this process (see the module docstring)."""
-    from polyalign.training import reference_cache
-
     index, count = process_index()
     report = {
         "process_index": index,

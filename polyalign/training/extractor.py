@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polyalign.errors import UserError
@@ -90,8 +92,6 @@ class MLCExtractor(nn.Module):
 
         ``directory`` is the model's output folder: the head lives beside the model.
         """
-        from safetensors.torch import save_file
-
         out = Path(directory) / EXTRACTOR_DIRNAME
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -116,11 +116,9 @@ class MLCExtractor(nn.Module):
         missing/corrupt weights, or weights whose shapes disagree with the config raise
         :class:`~polyalign.errors.UserError`.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         base = Path(directory)
-        folder = base if (base / CONFIG_NAME).is_file() and base.name == EXTRACTOR_DIRNAME else base / EXTRACTOR_DIRNAME
+        inside = (base / CONFIG_NAME).is_file() and base.name == EXTRACTOR_DIRNAME
+        folder = base if inside else base / EXTRACTOR_DIRNAME
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not folder.is_dir():
             raise UserError("no MLC extractor here (expected a mlc_extractor/ folder saved with the model)", file=folder)

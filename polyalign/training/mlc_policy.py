@@ -27,8 +27,9 @@ objective adds ``0 * sum(extractor parameters)``, so the extractor gets a zero g
 every process, so DDP never waits for a missing gradient. ``train()`` also sets
 ``ddp_find_unused_parameters: false`` (unless the recipe sets it): with the search on, DDP
 marks the extractor ready during the unused-parameter pass and again when its real gradient
-arrives after the forward, and fails ("mark a variable ready only once"). This matches the released ZeRO runs, where a parameter
-without a gradient is reduced and stepped as zero; the optimizer's moments keep decaying.
+arrives after the forward, and fails ("mark a variable ready only once"). This matches the
+released ZeRO runs, where a parameter without a gradient is reduced and stepped as zero; the
+optimizer's moments keep decaying.
 
 Data: :func:`attach_mlc_variants` gives every record its prompt variants (the MLC JSONL's
 own ``prompt_<lang>`` columns, or a ``variants_file`` joined by id; for MPO records the
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from polyalign.data.collate import collate_variants
+from polyalign.data.readers import load_prompt_variants
 from polyalign.data.records import ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.variants import VariantReport, attach_variants
 from polyalign.errors import UserError
@@ -84,10 +86,9 @@ class PolicyWithExtractor(nn.Module):
 def unwrap_policy(model: nn.Module) -> tuple[nn.Module, MLCExtractor | None]:
     """``(model to score, extractor or None)`` of what the Trainer hands to compute_loss.
 
-    A distributed wrapper (``.module``: DDP, DeepSpeed engine) is kept as the model to score
-    so that its forward runs (gradient sync), and so is an FSDP2-sharded wrapper (its root
-    unit, holding the policy's embeddings and head and the extractor, is gathered by its own
-    forward); a bare wrapper is replaced by its policy.
+    A model that runs its own forward (:func:`~polyalign.training.forward.runs_own_forward`:
+    a distributed wrapper, an FSDP2-sharded wrapper) is kept as the model to score; a bare
+    wrapper is replaced by its policy.
     """
     inner = model.__dict__.get("_modules", {}).get("module") if isinstance(model, nn.Module) else None
     if isinstance(inner, PolicyWithExtractor):
@@ -159,8 +160,6 @@ def attach_mlc_variants(
     """
     joined: list[PromptVariants] | None = None
     if config.variants_file:
-        from polyalign.data.readers import load_prompt_variants
-
         joined = load_prompt_variants(config.variants_file, config.variants_format,
                                       detect_language=config.detect_language)
     try:

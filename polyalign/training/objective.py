@@ -23,9 +23,10 @@ overall ``loss`` is the Trainer's).
 One policy forward per step: chosen and rejected rows are already one ``[2B, T]`` batch; for
 MPO the dominant pair's rows have an all-zero response mask, so they are never projected
 through the LM head (their hidden states feed the retention term only); they are appended to
-the target pair's rows for a model that runs its own forward (one forward per backward) and
-with MLC, and run as a second forward at their own width for a plain model (target languages
-often tokenise 2-3x longer than the dominant one: no compute on the shorter pair's padding).
+the target pair's rows for a model that runs its own forward (one forward per backward,
+:func:`~polyalign.training.forward.runs_own_forward`) and with MLC, and run as a second
+forward at their own width for a plain model (target languages often tokenise 2-3x longer
+than the dominant one: no compute on the shorter pair's padding).
 
 MLC (any method, ``mlc_weight > 0``): the term ``mlc`` (weight ``mlc_weight``) is
 :func:`polyalign.training.mlc_term.mlc_term` on the prompt-variant rows, which
@@ -117,7 +118,7 @@ class Policy:
     @property
     def joins_forwards(self) -> bool:
         """Whether several row groups must share one forward: a model that runs its own forward
-        (one forward per backward: DDP, DeepSpeed, FSDP2) or an MLC step (variants ride along)."""
+        (one forward per backward) or an MLC step (the variants ride along)."""
         return self.variants is not None or runs_own_forward(self.model)
 
     def score(self, rows: Rows) -> tuple[SequenceScores, MLCResult | None]:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from polyalign.data.collate import collate_preference
@@ -106,7 +108,7 @@ def _full_parameters(model: torch.nn.Module) -> Any:
     partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
     if not partitioned:
         return contextlib.nullcontext()
-    import deepspeed
+    import deepspeed  # optional (ZeRO-3 runs only): imported where it is needed
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
@@ -175,9 +177,6 @@ def compute_reference_values(
 
 def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Write the cache file atomically (temp name, then rename) plus a JSON description."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,8 +193,6 @@ def save_values(path: Path, ids: list[str], values: dict[str, torch.Tensor], inf
 
 def load_values(path: Path) -> tuple[list[str], dict[str, torch.Tensor]] | None:
     """Read a cache file; None when it is missing or unreadable (then it is recomputed)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     try:

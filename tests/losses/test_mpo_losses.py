@@ -99,7 +99,8 @@ def test_unmasked_pooling_needs_the_released_width_and_pairs(pair_batch):
     # 9 and 5 tokens in 9 columns: the pair's released width is 16, the rows are too narrow
     short = torch.tensor([[1] * 9, [1] * 3 + [0] * 6, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
     assert retention_width(torch.tensor(mask), "unmasked_mean") == 16
-    assert retention_width(torch.tensor(mask), "masked_mean") == 16
+    assert retention_width(torch.tensor(mask), "masked_mean") == 16  # the rows' own width: nothing to add
+    assert retention_width(short, "masked_mean") == 9
     assert retention_width(torch.tensor(mask[1::2]), "unmasked_mean") == 8
     with pytest.raises(ValueError, match="retention_width"):
         pool_hidden(torch.tensor(h_pol[:, :9]), short, "unmasked_mean")
