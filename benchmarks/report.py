@@ -125,11 +125,15 @@ def results_markdown(sizes: dict[str, dict[str, Any]], notes: str) -> str:
     for size, summary in sizes.items():
         lines += [f"### {SIZES[size]}", "", f"Measured at {_provenance(summary)}.", "",
                   "| dtype | target | value (median) | value (best-of) | threshold | met |", "|---|---|---|---|---|---|"]
-        for dtype, per in summary["targets"].items():
+        for dtype in summary["dtypes"]:
+            per = summary["targets"].get(dtype, {})
             for name, t in per.items():
                 best = f"{t['best_of']:.3f}" if t.get("best_of") is not None else "-"
                 lines.append(f"| {dtype} | {name} | {t['value']:.3f} | {best} | {t['op']} {t['target']} | "
                              f"{'met' if t['met'] else 'NOT met'} |")
+            for name, (op, threshold) in run_all.TARGETS.get(size, {}).items():
+                if name not in per:  # a target of this shape that this run did not measure
+                    lines.append(f"| {dtype} | {name} | - | - | {op} {threshold} | not measured |")
         lines.append("")
     for size, summary in sizes.items():
         lines += _demote(run_all.size_markdown(summary).replace(
