@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.io import atomic_write_text
+from polyalign.study.cost import budget_verdict
 from polyalign.study.recipe import StudyRecipe
 from polyalign.study.stages import StageRunner, cpu_seconds, load_average, peak_rss_mib
 
@@ -119,9 +120,12 @@ def run_study(recipe: StudyRecipe, out_dir: str | Path, *, log: Callable[[str], 
             "stages_missing": [name for name in expected_stages(recipe) if name not in stages.records()]}
     summary = table.build_summary(recipe, out, data_info, stages.records(), cost)
     table.write_outputs(summary, out)
+    verdict = budget_verdict(cost, recipe.get("budget_minutes"))
     say(f"study: wall {cost['wall_s']:.0f} s, CPU {cost['cpu_s']:.0f} s, peak memory {cost['peak_rss_mib']:.0f} MiB, "
         f"load {load0} -> {cost['load_average_1min']['end']} ({len(stages.ran)} stage(s) run, "
-        f"{len(stages.skipped)} reused); table: {out / 'study.md'}")
+        f"{len(stages.skipped)} reused); CPU {cost['cpu_s'] / 60:.1f} min / 2 cores = {cost['cpu_s'] / 120:.1f} min "
+        f"idle-machine wall estimate, budget {verdict['budget_min']} min: "
+        f"{'n/a' if verdict['met'] is None else ('met' if verdict['met'] else 'NOT met')}; table: {out / 'study.md'}")
     return summary
 
 

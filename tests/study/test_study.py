@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -165,6 +166,13 @@ def test_resume_after_sigkill_redoes_nothing_finished(study, tmp_path):
     for name, mtime in done.items():  # finished stages were not run again
         assert (out / "stages" / name).stat().st_mtime_ns == mtime
         assert f"study: {name[:-5]}: done before" in result.stderr
+    resumed_cost = _json(out / "study.json")["cost"]
+    # the printed cost line states the convention: CPU-minutes / 2 = the idle-machine wall estimate
+    printed = re.search(r"CPU ([\d.]+) min / 2 cores = ([\d.]+) min idle-machine wall estimate, budget None min: n/a",
+                        result.stderr)
+    assert printed, result.stderr[-500:]
+    assert float(printed[1]) == pytest.approx(resumed_cost["cpu_s"] / 60, abs=0.051)
+    assert float(printed[2]) == pytest.approx(resumed_cost["cpu_s"] / 120, abs=0.051)
     resumed, whole = _json(out / "study.json"), _json(study["out"] / "study.json")
     assert sorted(resumed["cost"]["stages_skipped"]) == sorted(n[:-5] for n in done)
 

@@ -71,3 +71,8 @@ def test_committed_study_budget_is_recomputed_from_its_own_records():
     block = R.render_readme_block(stored)
     assert f"{measured['cpu_min']:.1f} CPU-min / 2 cores = {measured['idle_wall_min']:.1f} min" in block
     assert ("**met**" if measured["met"] else "**not met**") in block
+    # the budgets themselves: the published run within its own, and the full recipe's prediction within 30 min
+    assert measured["met"] is True, measured
+    prediction = stored["budget"].get("full_recipe_prediction")
+    if stored["recipe"]["quick"]:
+        assert prediction["met"] is True and prediction["idle_wall_min"] <= prediction["budget_min"], prediction
