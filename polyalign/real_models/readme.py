@@ -44,7 +44,8 @@ def _millions(n: int) -> str:
 
 def render_block(summary: dict[str, Any]) -> str:
     models, run, git = summary["models"], summary["run"], summary.get("git") or {}
-    lines = [BEGIN, "", "| model | parameters | embedding (tied) | vocabulary | layers | chat template | float32 folder |",
+    lines = [BEGIN, "",
+             "| model | parameters | embedding (tied) | vocabulary | layers | chat template | float32 folder |",
              "|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         a = m["architecture"]

@@ -64,7 +64,8 @@ def render_readme_block(summary: dict[str, Any]) -> str:
                           ("reward_gap", "Reward gap (held-out target pairs)")):
         cells = []
         for method, data in summary["methods"].items():
-            vals = [v[metric]["mean"] for v in data["per_language"].values() if v.get(metric, {}).get("mean") is not None]
+            vals = [v[metric]["mean"] for v in data["per_language"].values()
+                    if v.get(metric, {}).get("mean") is not None]
             cells.append(f"{LABELS.get(method, method)} {sum(vals) / len(vals):.2f}" if vals else f"{method} n/a")
         lines.append(f"- {title}, mean over languages: " + "; ".join(cells) + ".")
     overlap = summary["data"].get("overlap", {})
@@ -97,7 +98,8 @@ def render_readme_block(summary: dict[str, Any]) -> str:
               f"{cost['peak_rss_mib'] / 1024:.2f} GiB, {cost['threads']} threads (OpenMP waits "
               f"{cost.get('omp_wait_policy') or 'default'}), 1-minute load {load['start']} at the "
               f"start and {load['end']} at the end ({'quick' if summary['recipe']['quick'] else 'full'} recipe "
-              f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}{' + local changes' if git.get('dirty') else ''}"
+              f"{summary['recipe']['path']}, commit {git.get('commit', '?')[:7]}"
+              f"{' + local changes' if git.get('dirty') else ''}"
               f"; stages reused from an earlier run: {len(cost['stages_skipped'])}).", "", END]
     return "\n".join(lines)
 
