@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo bench install clean
+.PHONY: test lint demo bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile -q --durations=30
+
+# ruff (pinned in the dev extra; rules and the reasons for the ignored ones in pyproject.toml's [tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check polyalign tests benchmarks
 
 # Real pretrained models (tests/real_models, marker real_model, deselected by `make test`):
 # `polyalign models get` for SmolLM2-135M-Instruct and Gemma-3-270M (cached in ~/.cache/polyalign;

@@ -272,7 +272,7 @@ class JsonlStore:
             finally:
                 self._handle.close()
 
-    def __enter__(self) -> "JsonlStore":
+    def __enter__(self) -> JsonlStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, PreTrainedModel, Qwen2Config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, PreTrainedModel, Qwen2Config
 
 from polyalign.models import build_tiny_tokenizer
 

@@ -29,7 +29,6 @@ import torch
 pytest.importorskip("gguf")
 
 from models_gguf_helpers import tiny_source_model, write_gguf  # noqa: E402
-
 from polyalign.cli import main  # noqa: E402
 from polyalign.errors import UserError  # noqa: E402
 from polyalign.models import CHAT_TEMPLATE, load_model_and_tokenizer  # noqa: E402

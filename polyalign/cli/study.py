@@ -10,6 +10,7 @@ continues where it stopped. ``--publish`` stores the finished study's summary in
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,10 @@ WAIT_POLICY = "PASSIVE"
 
 def _study(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    # Imported here, after the variable is set: these modules import torch (see WAIT_POLICY).
     from polyalign.study.readme import publish
     from polyalign.study.recipe import load_recipe
     from polyalign.study.runner import run_study
-
-    import logging
 
     # polyalign's own progress lines (training steps, data counts); other libraries stay at warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -63,6 +63,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--publish", action="store_true",
                         help="after the run: store its summary in results/study/ and rewrite the README block")
     parser.add_argument("--table-only", action="store_true",
-                        help="rebuild study.md/study.json from the stages finished so far (a partial study), run nothing")
+                        help="rebuild study.md/study.json from the stages finished so far (a partial study), "
+                             "run nothing")
     parser.add_argument("--publish-only", action="store_true", help="publish --out's finished study without running")
     parser.set_defaults(func=_study)

@@ -25,7 +25,7 @@ class Message:
         return {"role": self.role, "content": self.content}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Message":
+    def from_dict(cls, data: dict[str, Any]) -> Message:
         return cls(role=data["role"], content=data["content"])
 
 
@@ -52,7 +52,7 @@ class PromptVariants:
         return {"id": self.id, "prompts": {k: messages_to_dicts(v) for k, v in self.prompts.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptVariants":
+    def from_dict(cls, data: dict[str, Any]) -> PromptVariants:
         return cls(id=str(data["id"]), prompts={k: messages_from_dicts(v) for k, v in data["prompts"].items()})
 
 
@@ -86,7 +86,7 @@ class PreferencePair:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PreferencePair":
+    def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
         variants = data.get("variants")
         return cls(
             id=str(data["id"]),
@@ -111,7 +111,7 @@ class ParallelPair:
         return {"id": self.id, "dominant": self.dominant.to_dict(), "target": self.target.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ParallelPair":
+    def from_dict(cls, data: dict[str, Any]) -> ParallelPair:
         return cls(
             id=str(data["id"]),
             dominant=PreferencePair.from_dict(data["dominant"]),
@@ -143,7 +143,7 @@ class EvalPrompt:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalPrompt":
+    def from_dict(cls, data: dict[str, Any]) -> EvalPrompt:
         return cls(
             id=str(data["id"]),
             language=data["language"],

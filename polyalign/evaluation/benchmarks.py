@@ -35,6 +35,7 @@ from polyalign.data.languages import MACROLANGUAGE, canonical_language, language
 from polyalign.data.records import EvalPrompt, PreferencePair
 from polyalign.errors import UserError
 from polyalign.evaluation.kinds import KINDS
+
 DATA_ENV = "POLYALIGN_DATA"
 _GENERATION_KEYS = {"max_new_tokens", "num_samples", "temperature", "top_p", "chat_template", "system_prompt"}
 _SPEC_KEYS = {

@@ -19,7 +19,12 @@ from polyalign.errors import UserError
 from polyalign.evaluation import suites as S
 from polyalign.evaluation.attacks import prepare_attack
 from polyalign.evaluation.benchmarks import (
-    BenchmarkRead, BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts,
+    BenchmarkRead,
+    BenchmarkSpec,
+    get_benchmark,
+    read_benchmark,
+    resolve_data_path,
+    select_prompts,
 )
 from polyalign.evaluation.config import EvalConfig
 from polyalign.evaluation.generation import GenerationSettings

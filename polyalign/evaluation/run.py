@@ -40,7 +40,11 @@ from polyalign.evaluation.agreement import agreement_section
 from polyalign.evaluation.config import EvalConfig
 from polyalign.evaluation.consistency import consistency_section
 from polyalign.evaluation.fingerprints import (
-    adapter_identity, data_fingerprint, model_fingerprint, redact, source_identity,
+    adapter_identity,
+    data_fingerprint,
+    model_fingerprint,
+    redact,
+    source_identity,
 )
 from polyalign.evaluation.generation import DEFAULT_BATCH_SIZE, HFGenerator
 from polyalign.evaluation.kinds import SAFETY

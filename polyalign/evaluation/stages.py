@@ -25,8 +25,8 @@ from polyalign.evaluation.benchmarks import BenchmarkSpec
 from polyalign.evaluation.fingerprints import weak_reason
 from polyalign.evaluation.generation import GenerationSettings, make_tasks, run_generation
 from polyalign.evaluation.kinds import BenchmarkKind
-from polyalign.store import JsonlStore, peek_fingerprint
 from polyalign.io import text_fingerprint
+from polyalign.store import JsonlStore, peek_fingerprint
 
 GENERATIONS, JUDGMENTS = "generations.jsonl", "judgments.jsonl"
 

@@ -50,7 +50,11 @@ from typing import Any
 from polyalign.data.records import EvalPrompt
 from polyalign.errors import UserError
 from polyalign.evaluation.benchmarks import (
-    BenchmarkSpec, get_benchmark, read_benchmark, resolve_data_path, select_prompts,
+    BenchmarkSpec,
+    get_benchmark,
+    read_benchmark,
+    resolve_data_path,
+    select_prompts,
 )
 from polyalign.evaluation.kinds import get_kind
 from polyalign.evaluation.metrics import refusal_metrics, summarize

@@ -149,7 +149,7 @@ class _VariantRowsCapture:
         self.hidden: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
 
-    def __enter__(self) -> "_VariantRowsCapture":
+    def __enter__(self) -> _VariantRowsCapture:
         self.handles = [
             self.backbone.register_forward_pre_hook(self._pre, with_kwargs=True),
             self.backbone.register_forward_hook(self._post, with_kwargs=True),

@@ -147,7 +147,7 @@ def terminal_table(stats: dict[str, Any]) -> str:
     langs = list(next(iter(stats.values())))
     width = 17
     head = f"{'method':<9}" + "".join(f"{lang:>{width}}" for lang in langs)
-    rows = [f"unsafe rate (lower = safer) | benign accuracy -- mean (sd) over seeds", head, "-" * len(head)]
+    rows = ["unsafe rate (lower = safer) | benign accuracy -- mean (sd) over seeds", head, "-" * len(head)]
     for metric in HEADLINE:
         for run, per_lang in stats.items():
             cells = []

@@ -33,7 +33,12 @@ from typing import Any
 from polyalign.errors import UserError
 from polyalign.io import text_fingerprint
 from polyalign.toyworld.lexicon import (
-    DEFAULT_LANGUAGES, RESOURCE_LEVELS, SCRIPT_RANGES, WORD_ORDERS, LanguageSpec, Lexicon,
+    DEFAULT_LANGUAGES,
+    RESOURCE_LEVELS,
+    SCRIPT_RANGES,
+    WORD_ORDERS,
+    LanguageSpec,
+    Lexicon,
 )
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "grey"]

@@ -55,7 +55,7 @@ class ExampleDataset(Dataset):
     def lengths(self) -> list[int]:
         return [example_length(e) for e in self.examples]
 
-    def by_language(self) -> dict[str, "ExampleDataset"]:
+    def by_language(self) -> dict[str, ExampleDataset]:
         """One dataset per language (the target language for MPO examples)."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for e in self.examples:

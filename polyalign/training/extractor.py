@@ -108,7 +108,7 @@ class MLCExtractor(nn.Module):
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "MLCExtractor":
+    def load(cls, directory: str | Path, *, device: str | torch.device | None = None) -> MLCExtractor:
         """Load a head saved by :meth:`save` (safetensors only).
 
         ``directory`` is the folder passed to :meth:`save` (it contains ``mlc_extractor/``) or

@@ -34,8 +34,8 @@ from polyalign.errors import UserError
 from polyalign.training.callbacks import check_finite_loss
 from polyalign.training.extractor import MLCExtractor
 from polyalign.training.forward import reshard_after_scoring
-from polyalign.training.mlc_term import should_apply
 from polyalign.training.mlc_policy import PolicyWithExtractor, extractor_from_state, split_state_dict
+from polyalign.training.mlc_term import should_apply
 from polyalign.training.objective import Objective
 
 logger = logging.getLogger("polyalign.training")

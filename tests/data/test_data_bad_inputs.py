@@ -79,7 +79,7 @@ def _parallel_mismatch(tmp: Path) -> list:
 
 def _multijail_latin1(tmp: Path) -> list:
     path = tmp / "mj_latin1.csv"
-    good = "id,tags,en,it\n0,\"['Theft']\",hello there,ciao a tutti\n".encode("utf-8")
+    good = b"id,tags,en,it\n0,\"['Theft']\",hello there,ciao a tutti\n"
     path.write_bytes(good + "1,\"['Theft']\",good morning,perché no\n".encode("latin-1"))
     return ["inspect", path]
 

@@ -9,7 +9,12 @@ import pytest
 
 from polyalign.data import langdetect
 from polyalign.data.langdetect import (
-    MIN_CHARS_FOR_CHECK, detect_language, get_detector, is_supported, language_mismatch, vote_language,
+    MIN_CHARS_FOR_CHECK,
+    detect_language,
+    get_detector,
+    is_supported,
+    language_mismatch,
+    vote_language,
 )
 from polyalign.data.languages import canonical_language
 

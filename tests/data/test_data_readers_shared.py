@@ -18,11 +18,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from raw_counts import first_cells
 
 from polyalign.data.formats.xsafety import CATEGORIES as XSAFETY_CATEGORIES
 from polyalign.data.readers import detect_format, load_prompt_variants, read_records
 from polyalign.data.records import EvalPrompt, ParallelPair, PreferencePair, PromptVariants
+from raw_counts import first_cells
 
 pytestmark = pytest.mark.shared_data
 MPO_LANGUAGES = {"zh", "ja", "ko", "ar", "bn", "sw"}

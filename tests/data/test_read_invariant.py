@@ -12,12 +12,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixture_builders import (
-    write_csv, write_llamafactory, write_mpo_zh_dominant, write_rtplx, write_xsafety,
-)
-from raw_counts import csv_data_rows, first_cells, jsonl_rows
 
+from fixture_builders import (
+    write_csv,
+    write_llamafactory,
+    write_mpo_zh_dominant,
+    write_rtplx,
+    write_xsafety,
+)
 from polyalign.data.readers import ReadResult, read_records
+from raw_counts import csv_data_rows, first_cells, jsonl_rows
 
 # As tests/conftest.py's shared_data fixture (parametrisation needs the list at collection).
 SHARED_DATA = Path(os.environ.get("POLYALIGN_SHARED_DATA",

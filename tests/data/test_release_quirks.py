@@ -7,10 +7,15 @@ import json
 from collections import Counter
 
 import pytest
-from fixture_builders import (
-    WALK, write_csv, write_llamafactory, write_mpo_zh_dominant, write_rtplx, write_xsafety,
-)
 
+from fixture_builders import (
+    WALK,
+    write_csv,
+    write_llamafactory,
+    write_mpo_zh_dominant,
+    write_rtplx,
+    write_xsafety,
+)
 from polyalign.data.readers import detect_format, read_records
 from polyalign.data.writers import write_records
 from polyalign.errors import UserError

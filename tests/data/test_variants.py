@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polyalign.data.collate import collate_variants
 from polyalign.data.readers import load_preference_pairs, load_prompt_variants
 from polyalign.data.records import Message, PreferencePair, PromptVariants
-from polyalign.data.collate import collate_variants
 from polyalign.data.variants import (
     attach_variants,
     tokenize_variant,

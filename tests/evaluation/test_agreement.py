@@ -6,8 +6,8 @@ import json
 import random
 
 import pytest
-from judge_server import JudgeServer
 
+from judge_server import JudgeServer
 from polyalign.errors import UserError
 from polyalign.evaluation.agreement import CATEGORIES, agreement_section, cohen_kappa, confusion_matrix, pair_stats
 from polyalign.evaluation.stages import JUDGMENTS

@@ -11,7 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "databuild"))
 from build_fixtures import save_tiny_seq2seq  # noqa: E402
-
 from polyalign.data.build.translate_hf import HFSeq2SeqTranslator  # noqa: E402
 from polyalign.data.records import EvalPrompt  # noqa: E402
 from polyalign.errors import UserError  # noqa: E402

@@ -213,8 +213,8 @@ def test_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
 def test_adapter_is_applied(shared_data, tiny_model_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_tasks
     from polyalign.evaluation.benchmarks import load_benchmark
+    from polyalign.evaluation.generation import GenerationSettings, HFGenerator, make_tasks
     from polyalign.models import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer(tiny_model_dir)

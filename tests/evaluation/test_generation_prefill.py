@@ -7,7 +7,11 @@ import random
 
 import pytest
 import torch
+from test_generation import TEXTS as GENERATION_TEXTS  # noqa: E402
+from test_generation import _prompts as prompts_of  # noqa: E402
+from test_generation import _reference_greedy  # noqa: E402
 
+from polyalign import models
 from polyalign.data.records import EvalPrompt
 from polyalign.evaluation.generation import (
     DEFAULT_BATCH_SIZE,
@@ -18,12 +22,7 @@ from polyalign.evaluation.generation import (
     make_tasks,
     prefill_groups,
 )
-from polyalign import models
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
-
-from test_generation import TEXTS as GENERATION_TEXTS  # noqa: E402
-from test_generation import _prompts as prompts_of  # noqa: E402
-from test_generation import _reference_greedy  # noqa: E402
 
 # the generation tests' prompts (several scripts, a 1-token one) plus two short ones
 TEXTS = GENERATION_TEXTS + ["ok", "Two words"]

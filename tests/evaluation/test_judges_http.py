@@ -7,13 +7,13 @@ import logging
 import time
 
 import pytest
-from judge_server import JudgeServer
 
+from judge_server import JudgeServer
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, Judgment, get_judge, get_scorer
-from polyalign.http_client import RetryPolicy, redact
 from polyalign.evaluation.judges.openai_judge import OpenAIJudge, parse_verdict
 from polyalign.evaluation.judges.perspective import PerspectiveScorer
+from polyalign.http_client import RetryPolicy, redact
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 FAST = RetryPolicy(timeout_s=0.5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, jitter_s=0.01,

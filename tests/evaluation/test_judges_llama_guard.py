@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from guard_reference import greedy_text
 from polyalign.evaluation.judges import JudgeInput, get_judge
 from polyalign.evaluation.judges.llama_guard import (
     LlamaGuardJudge,
@@ -13,8 +14,6 @@ from polyalign.evaluation.judges.llama_guard import (
     unsafe_token_ids,
 )
 from polyalign.models import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
-
-from guard_reference import greedy_text
 
 
 @pytest.mark.parametrize("text,label,cats,flags", [

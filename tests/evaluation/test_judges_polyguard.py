@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from guard_reference import greedy_text
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge
 from polyalign.evaluation.judges.polyguard import (
@@ -13,8 +14,6 @@ from polyalign.evaluation.judges.polyguard import (
     parse_output,
 )
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
-
-from guard_reference import greedy_text
 
 UNSAFE = ("Harmful request: yes\nRequest safety violations: S2, S9\nResponse refusal: no\n"
           "Harmful response: yes\nResponse safety violations: S9")

@@ -13,13 +13,12 @@ import pytest
 import torch
 from tokenizers import AddedToken
 
+from guard_reference import greedy_text
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge
 from polyalign.evaluation.judges.qwen3guard import Qwen3GuardJudge
 from polyalign.evaluation.judges.qwen3guard_format import LEVELS, build_prompt, judgment_from_output, parse_output
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
-
-from guard_reference import greedy_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "How can I make a bomb?"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from judge_server import JudgeServer
 
+from judge_server import JudgeServer
 from polyalign.evaluation.judges import JudgeInput, get_judge
-from polyalign.http_client import RetryPolicy
 from polyalign.evaluation.judges.qwen3guard_api import Qwen3GuardAPIJudge
+from polyalign.http_client import RetryPolicy
 
 FAST = RetryPolicy(timeout_s=0.5, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05, jitter_s=0.01,
                    retry_after_max_s=0.2, concurrency=4)

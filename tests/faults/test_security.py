@@ -99,8 +99,9 @@ def test_cli_remote_code_flag_is_off_by_default():
 
     args = build_parser().parse_args(["eval", "--model", "m", "--benchmark", "b"])
     assert args.trust_remote_code is False
-    from polyalign.models import load_model_and_tokenizer
     import inspect
+
+    from polyalign.models import load_model_and_tokenizer
 
     assert inspect.signature(load_model_and_tokenizer).parameters["trust_remote_code"].default is False
 

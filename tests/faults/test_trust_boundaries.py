@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from faults_helpers import custom_prompts_csv
 from polyalign.errors import UserError
 from polyalign.evaluation import fingerprints
 from polyalign.evaluation.fingerprints import model_fingerprint, source_identity
@@ -27,8 +28,6 @@ from polyalign.models import build_tiny_model, build_tiny_tokenizer
 from polyalign.report import build_report
 from polyalign.report.figures import Plot, safe_slug
 from polyalign.store import JsonlStore
-
-from faults_helpers import custom_prompts_csv
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 

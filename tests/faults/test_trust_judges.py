@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from faults_helpers import custom_prompts_csv
 from polyalign.data.build.translate import build_translator
 from polyalign.errors import UserError
 from polyalign.evaluation.judges import JudgeInput, get_judge, get_scorer
@@ -23,8 +24,6 @@ from polyalign.evaluation.metrics import error_share_violation, safety_metrics
 from polyalign.evaluation.run import EvalConfig, evaluate
 from polyalign.http_client import RetryPolicy
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
-
-from faults_helpers import custom_prompts_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
 from judge_server import JudgeServer  # noqa: E402

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from faults_helpers import recipe, write_pairs
 
+from faults_helpers import recipe, write_pairs
 from polyalign.errors import UserError
 
 

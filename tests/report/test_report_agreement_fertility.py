@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 from matplotlib.image import imread
-from report_fixtures import BASE_ACC, BASE_UNSAFE, results_json
 
 from polyalign.errors import UserError
 from polyalign.evaluation.agreement import agreement_section
 from polyalign.report import build_report, load_run
 from polyalign.report.agreement_plot import agreement_heatmap
+from report_fixtures import BASE_ACC, BASE_UNSAFE, results_json
 
 
 def _agreement():

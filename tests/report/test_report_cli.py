@@ -14,10 +14,10 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
-from report_fixtures import BASE_UNSAFE, MPO_UNSAFE
 
 from polyalign.cli import main
 from polyalign.data.languages import language_name
+from report_fixtures import BASE_UNSAFE, MPO_UNSAFE
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 from matplotlib.image import imread
-from report_fixtures import BASE_ACC, BASE_UNSAFE, results_json
 
 from polyalign.errors import UserError
 from polyalign.report import build_report, load_run
 from polyalign.report.consistency_plot import consistency_heatmap
+from report_fixtures import BASE_ACC, BASE_UNSAFE, results_json
 
 MATRIX = {"languages": ["en", "zh", "sw"], "agreement": [[1.0, 0.8, 0.25], [0.8, 1.0, None], [0.25, None, 1.0]],
           "n": [[10, 10, 8], [10, 10, 0], [8, 0, 8]]}

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from report_fixtures import BASE_UNSAFE, LANGS, MPO_UNSAFE, POLICY_GAP, REFERENCE_GAP, retrieval_curve
 from scipy import stats as sstats
 
 from polyalign.report import build_report, load_runs, make_report
 from polyalign.report.tables import fmt
+from report_fixtures import BASE_UNSAFE, LANGS, MPO_UNSAFE, POLICY_GAP, REFERENCE_GAP, retrieval_curve
 
 
 def _tables(report):

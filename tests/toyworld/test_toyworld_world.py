@@ -8,10 +8,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from polyalign.errors import UserError
 from polyalign.data.records import ParallelPair, PreferencePair
+from polyalign.errors import UserError
 from polyalign.toyworld import (
-    Corpus, WorldConfig, build_word_tokenizer, build_world, english_preference_pairs, mpo_parallel_pairs,
+    Corpus,
+    WorldConfig,
+    build_word_tokenizer,
+    build_world,
+    english_preference_pairs,
+    mpo_parallel_pairs,
     prompt_variants,
 )
 from polyalign.toyworld.lexicon import word_in_script

@@ -40,8 +40,17 @@ from pathlib import Path
 
 import pytest
 
-from fsdp2_helpers import (FSDP_CONFIG, max_diff, recipe, run_env, torchrun, train_fsdp2,
-                           train_one_process, weights, write_data)
+from fsdp2_helpers import (
+    FSDP_CONFIG,
+    max_diff,
+    recipe,
+    run_env,
+    torchrun,
+    train_fsdp2,
+    train_one_process,
+    weights,
+    write_data,
+)
 
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch.distributed (FSDP2)")
 

@@ -9,7 +9,6 @@ import polyalign.training.reference_cache as rc
 from polyalign.data.tokenize import TokenizeSettings, TokenizeStats, tokenize_pair
 from polyalign.models import build_tiny_model, build_tiny_tokenizer
 from polyalign.training.datasets import ExampleDataset
-
 from preference_prompts import make_pairs
 from training_helpers import brute_logps
 

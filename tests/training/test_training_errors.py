@@ -14,7 +14,6 @@ from polyalign.data.records import Message, ParallelPair, PreferencePair
 from polyalign.data.writers import write_canonical
 from polyalign.errors import UserError
 from polyalign.training.config import load_config
-
 from preference_prompts import make_pairs
 from training_helpers import REPO, TINY_RECIPE, base_settings
 

@@ -14,7 +14,6 @@ from polyalign.models import load_model_and_tokenizer
 from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
 from polyalign.training.run import train
-
 from preference_prompts import make_pairs
 from training_helpers import TINY_RECIPE, base_settings, brute_logps
 

@@ -18,11 +18,10 @@ from polyalign.models import load_model_and_tokenizer
 from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
 from polyalign.training.extractor import MLCExtractor
-from polyalign.training.mlc_term import encode_variants, mlc_term, scatter_variants
 from polyalign.training.mlc_policy import MLCCollator, wrap_policy
+from polyalign.training.mlc_term import encode_variants, mlc_term, scatter_variants
 from polyalign.training.objective import compute_objective, term_weights
 from polyalign.training.run import train
-
 from preference_prompts import make_pairs
 from training_helpers import REPO, base_settings
 

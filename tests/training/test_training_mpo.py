@@ -14,7 +14,6 @@ from polyalign.cli import main
 from polyalign.models import load_model_and_tokenizer
 from polyalign.training.config import load_config
 from polyalign.training.datasets import load_training_data
-
 from training_helpers import TINY_RECIPE, brute_logps
 
 

@@ -13,7 +13,6 @@ from polyalign.models import build_tiny_model, build_tiny_tokenizer
 from polyalign.training.config import load_config
 from polyalign.training.datasets import ExampleDataset
 from polyalign.training.objective import compute_objective, term_weights
-
 from training_helpers import TINY_RECIPE, brute_logps
 
 

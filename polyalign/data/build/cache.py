@@ -104,7 +104,7 @@ class TranslationCache:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "TranslationCache":
+    def __enter__(self) -> TranslationCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

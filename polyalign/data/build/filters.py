@@ -104,7 +104,7 @@ class FilterReport:
                            for s, langs in self.counts.items()}, "notes": list(self.notes)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FilterReport":
+    def from_dict(cls, data: dict[str, Any]) -> FilterReport:
         counts = {s: {lang: Counter(c) for lang, c in langs.items()} for s, langs in data.get("counts", {}).items()}
         return cls(counts=counts, notes=list(data.get("notes", [])))
 

@@ -58,7 +58,7 @@ class SelfGenerator:
         self.identity = identity or {}
 
     @classmethod
-    def from_options(cls, model_options: dict[str, Any], generation_options: dict[str, Any]) -> "SelfGenerator":
+    def from_options(cls, model_options: dict[str, Any], generation_options: dict[str, Any]) -> SelfGenerator:
         """Load ``model.path`` (safetensors, no remote code) with the generation settings."""
         settings, batch_size = generation_settings(generation_options)
         model, tokenizer = load_model_and_tokenizer(model_options["path"], dtype=model_options.get("dtype"),

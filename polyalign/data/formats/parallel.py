@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.data.formats.common import (
-    Loc, iter_jsonl, known_language, language_code, read_text, type_name, user_prompt,
+    Loc,
+    iter_jsonl,
+    known_language,
+    language_code,
+    read_text,
+    type_name,
+    user_prompt,
 )
 from polyalign.data.records import PromptVariants
 from polyalign.data.validation import Item, LangCheck

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.data.formats.common import (
-    Loc, get, iter_json_list, iter_jsonl, language_code, parse_message, parse_turns, type_name, user_prompt,
+    Loc,
+    get,
+    iter_json_list,
+    iter_jsonl,
+    language_code,
+    parse_message,
+    parse_turns,
+    type_name,
+    user_prompt,
 )
-from polyalign.data.langdetect import detect_language as _detect, vote_language
+from polyalign.data.langdetect import detect_language as _detect
+from polyalign.data.langdetect import vote_language
 from polyalign.data.records import Message, ParallelPair, PreferencePair, PromptVariants
 from polyalign.data.validation import Item, LangCheck
 from polyalign.errors import UserError

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq, verdict
 
+from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq, verdict
 from polyalign.data.build.config import load_build_config
 from polyalign.data.build.pipeline import run_build
 from polyalign.data.build.translate_hf import HFSeq2SeqTranslator

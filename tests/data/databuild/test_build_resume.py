@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from build_fixtures import BuildServer, save_tiny_seq2seq
 
+from build_fixtures import BuildServer, save_tiny_seq2seq
 from polyalign.data.build.config import load_build_config
 from polyalign.data.build.pipeline import run_build
 from polyalign.data.readers import read_records

@@ -5,8 +5,8 @@ of its English prompts (the OpenAI-compatible translator on a local server)."""
 from __future__ import annotations
 
 import yaml
-from build_fixtures import BuildServer, fake_translation
 
+from build_fixtures import BuildServer, fake_translation
 from polyalign.data.build.config import load_build_config
 from polyalign.data.build.pipeline import run_build
 from polyalign.data.readers import load_preference_pairs, read_records

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq
 
+from build_fixtures import BuildServer, fake_translation, save_tiny_seq2seq
 from polyalign.data.build.cache import TranslationCache, cache_key
 from polyalign.data.build.translate import build_translator
 from polyalign.data.build.translate_hf import HFSeq2SeqTranslator, language_token
