@@ -1,4 +1,4 @@
-"""Toxic MLP neurons: find them, read them, measure them, steer them (METHODS.md section 3).
+"""Toxic MLP neurons: find them, read them, measure them, steer them (docs/methods.md section 3).
 
 Pipeline (Lee et al. 2024; Li, Yong & Bach 2024):
 
@@ -54,7 +54,7 @@ def rank_value_vectors(model: torch.nn.Module, direction: torch.Tensor, top_k: i
         scored.extend((float(c), layer, int(i)) for c, i in zip(values, idx))
     # Highest cosine first; ties broken by (layer, index) so the order is reproducible.
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [Neuron(layer=l, index=i, cosine=c) for c, l, i in scored[:top_k]]
+    return [Neuron(layer=layer_index, index=i, cosine=c) for c, layer_index, i in scored[:top_k]]
 
 
 def neuron_activations(

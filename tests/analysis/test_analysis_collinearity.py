@@ -70,7 +70,7 @@ def test_model_run_matches_manual(model, tok):
         for k, layer in enumerate([1, 2]):
             shares, cosines = [], []
             for i in usable:
-                _, st = prompt_last_token_states(model, tok, [PROMPTS[i].prompts[l] for l in langs], layers=[layer])
+                _, st = prompt_last_token_states(model, tok, [PROMPTS[i].prompts[lang] for lang in langs], layers=[layer])
                 z = st[0].double().numpy()
                 zn = z / np.linalg.norm(z, axis=1, keepdims=True)
                 s = np.linalg.svd(zn, compute_uv=False)

@@ -78,8 +78,11 @@ def test_accessors_value_vectors_and_activations(tok):
         mlp = access.down_projections[1]
         block_mlp = model.model.layers[1].mlp if family in ("llama", "gemma2", "gemma3", "qwen2") else model.transformer.h[1].mlp
         seen = []
-        handle = block_mlp.dense_h_to_4h.register_forward_pre_hook(lambda m, a: seen.append(a[0])) if family == "bloom" \
-            else block_mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+
+        def record(module: torch.nn.Module, args: tuple, seen: list = seen) -> None:  # this family's list (B023)
+            seen.append(args[0])
+
+        handle = (block_mlp.dense_h_to_4h if family == "bloom" else block_mlp).register_forward_pre_hook(record)
         acts = neuron_activations(model, tok, texts, [(1, 0), (1, 5), (1, 5)], batch_size=1)
         handle.remove()
         for n, x in enumerate(seen):
@@ -163,11 +166,11 @@ def test_pipeline_finds_planted_neuron(tok, planted, method):
     # The ranking is the cosine written out, over every neuron of every layer.
     d = probe.direction
     all_cos = []
-    for l in range(2):
-        w = model.model.layers[l].mlp.down_proj.weight.detach().double()
-        all_cos += [(float(w[:, i] @ d / w[:, i].norm()), l, i) for i in range(w.shape[1])]
+    for layer in range(2):
+        w = model.model.layers[layer].mlp.down_proj.weight.detach().double()
+        all_cos += [(float(w[:, i] @ d / w[:, i].norm()), layer, i) for i in range(w.shape[1])]
     all_cos.sort(key=lambda t: (-t[0], t[1], t[2]))
-    assert [(n.layer, n.index) for n in ranked] == [(l, i) for _, l, i in all_cos[:10]]
+    assert [(n.layer, n.index) for n in ranked] == [(layer, i) for _, layer, i in all_cos[:10]]
     assert [n.cosine for n in ranked] == pytest.approx([c for c, _, _ in all_cos[:10]], abs=1e-12)
 
     kept, ranked_act = find_toxic_neurons(model, tok, toxic, probe.direction, top_k=10)

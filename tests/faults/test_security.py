@@ -35,7 +35,7 @@ def _calls(attr: str) -> list[tuple[Path, ast.Call, list[ast.AST]]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
 
-        def visit(node: ast.AST, stack: list[ast.AST]) -> None:
+        def visit(node: ast.AST, stack: list[ast.AST], path: Path = path) -> None:  # this file's path (B023)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attr:
                 found.append((path, node, list(stack)))
             inner = stack + [node] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else stack

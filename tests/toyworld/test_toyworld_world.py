@@ -101,7 +101,7 @@ def test_shared_words_about_a_quarter_and_refusals_distinct(world):
     with pytest.raises(ValueError, match="unknown split"):
         world.harmful_split("dev")
     no_sharing = build_world(0, WorldConfig(shared_fraction=0.0))
-    assert all(no_sharing.lexicon.shared_fraction_of(l) == 0 for l in no_sharing.languages[1:])
+    assert all(no_sharing.lexicon.shared_fraction_of(lang) == 0 for lang in no_sharing.languages[1:])
 
 
 def test_split_counts(world):

@@ -113,8 +113,8 @@ def read_generic(path: Path, *, fmt: str, column_map: dict[str, str] | None = No
                 rejected=_text(obj, column_map["rejected"], loc), language=lang or UNKNOWN_LANGUAGE,
                 metadata=metadata)
         else:
-            def optional(key: str) -> str | None:
-                return str(obj[column_map[key]]) if key in column_map and obj[column_map[key]] is not None else None
+            def optional(key: str, row: Any = obj) -> str | None:  # row bound now, not looked up later (B023)
+                return str(row[column_map[key]]) if key in column_map and row[column_map[key]] is not None else None
 
             record = EvalPrompt(id=row_id, language=lang or UNKNOWN_LANGUAGE, text=text,
                                 benchmark=optional("benchmark") or path.stem,

@@ -124,7 +124,7 @@ def read_parallel(path: Path, *, column_map: dict[str, str] | None = None, langu
     columns = {lang: (file, _lines(file, text_field)) for file, lang in files}
     first_lang = next(iter(columns))
     first_file, first_lines = columns[first_lang]
-    for lang, (file, lines) in columns.items():
+    for file, lines in columns.values():
         if len(lines) != len(first_lines):
             raise UserError(
                 f"{len(lines)} prompts, but {first_file.name} has {len(first_lines)}; multiway-parallel files "
