@@ -1,4 +1,4 @@
-"""Analyses of models and their representations (METHODS.md sections 1-3).
+"""Analyses of models and their representations (docs/methods.md sections 1-3).
 
 - :mod:`.hidden`: per-layer pooled hidden states (mean / last token), padding masked;
 - :mod:`.retrieval`: bilingual sentence retrieval per layer;

@@ -1,4 +1,4 @@
-"""Collinearity of a prompt's representations across languages (MLC, METHODS.md section 2).
+"""Collinearity of a prompt's representations across languages (MLC, docs/methods.md section 2).
 
 For one prompt in ``L`` languages, ``h_l`` is the layer's hidden state at the last token of
 the chat-templated prompt with the generation prompt. Rows are L2-normalised into

@@ -1,4 +1,4 @@
-"""Bilingual sentence retrieval per layer (Li, Yong & Bach 2024, METHODS.md section 3).
+"""Bilingual sentence retrieval per layer (Li, Yong & Bach 2024, docs/methods.md section 3).
 
 For ``N`` multiway-parallel sentences, each layer's sentence embedding is the mean of the
 hidden states over non-padding tokens. With ``S[i, j] = cos(e_pivot_i, e_x_j)`` (float64):

@@ -1,4 +1,4 @@
-"""Per-language reward gap of a model on preference pairs (MPO, METHODS.md section 1).
+"""Per-language reward gap of a model on preference pairs (MPO, docs/methods.md section 1).
 
 ``RG(x, y_w, y_l) = avg_logp(y_w|x) - avg_logp(y_l|x)`` with
 ``avg_logp(y|x) = (1/|y|) sum_{t in y} log p(y_t | x, y_<t)`` over the response tokens only.

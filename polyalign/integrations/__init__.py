@@ -1,7 +1,7 @@
 """Integrations with third-party trainers.
 
 - :mod:`polyalign.integrations.trl_mlc`: ``MLCDPOTrainer``, TRL 1.16's ``DPOTrainer`` plus the
-  MLC consistency term (METHODS.md section 2). Imported on demand, so ``import polyalign``
+  MLC consistency term (docs/methods.md section 2). Imported on demand, so ``import polyalign``
   never imports TRL.
 """
 

@@ -1,6 +1,6 @@
 """The MLC extractor head: a trainable linear map from a hidden state to a consistency vector.
 
-METHODS.md section 2: ``z_l = W h_l + b`` (hidden -> 512 by default), where ``h_l`` is the
+docs/methods.md section 2: ``z_l = W h_l + b`` (hidden -> 512 by default), where ``h_l`` is the
 hidden state of layer ``k`` at the last non-padding token of language variant ``l``. The
 row normalisation ``z / (||z|| + 1e-12)`` is part of :func:`polyalign.losses.mlc_loss`, not
 of the head. The head is trained together with the model and saved *beside* it, in its own

@@ -1,4 +1,4 @@
-"""The MLC training term, independent of any trainer (METHODS.md section 2).
+"""The MLC training term, independent of any trainer (docs/methods.md section 2).
 
 Given the hidden states of a forward pass over the prompt-variant rows of a batch (the
 prompt-variant batch of docs/architecture.md: ``variant_input_ids [N, T]``,

@@ -104,7 +104,7 @@ def test_recipes_parse_and_name_their_source():
     assert len(recipes) >= 5
     for recipe in recipes:
         text = recipe.read_text()
-        assert "METHODS.md" in text, recipe.name
+        assert "docs/methods.md" in text, recipe.name
         settings = {"output_dir": "unused"} if "output_dir:" not in text else {}
         if "tiny" in recipe.name:
             settings = {"output_dir": "unused"}
