@@ -163,7 +163,8 @@ def content_sha256(path: str | Path) -> str:
     entry = hash_cache_dir() / f"{before.st_dev}-{before.st_ino}.json"
     try:
         cached = json.loads(entry.read_text(encoding="utf-8"))
-        if isinstance(cached, dict) and cached.get("stat") == key and str(cached.get("sha256", "")).startswith("sha256:"):
+        if (isinstance(cached, dict) and cached.get("stat") == key
+                and str(cached.get("sha256", "")).startswith("sha256:")):
             return str(cached["sha256"])
     except (OSError, ValueError):
         pass

@@ -194,7 +194,8 @@ def resolve_layers(layers: Sequence[int] | None, n_states: int) -> list[int]:
     for layer in layers:
         idx = layer + n_states if layer < 0 else layer
         if not 0 <= idx < n_states:
-            raise UserError(f"layer {layer} out of range: the model has hidden states 0..{n_states - 1}", field="layers")
+            raise UserError(f"layer {layer} out of range: the model has hidden states 0..{n_states - 1}",
+                            field="layers")
         out.append(idx)
     return out
 

@@ -6,7 +6,7 @@ vector* is what one unit of that activation adds to the residual stream:
 
 | architecture | down projection | value vector ``i`` |
 |---|---|---|
-| Llama / Gemma-2 / Gemma-3 / Qwen-2 / Mistral | ``model.layers[l].mlp.down_proj`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
+| Llama, Gemma-2/3, Qwen-2, Mistral | ``model.layers[l].mlp.down_proj`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
 | GPT-2 (and mGPT) | ``transformer.h[l].mlp.c_proj`` (``Conv1D``, weight ``[I, H]``) | ``weight[i, :]`` |
 | BLOOM | ``transformer.h[l].mlp.dense_4h_to_h`` (``nn.Linear``, ``[H, I]``) | ``weight[:, i]`` |
 """

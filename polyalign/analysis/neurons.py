@@ -39,7 +39,8 @@ class Neuron:
     mean_activation: float | None = None  # on the toxic prompts, when measured
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "index": self.index, "cosine": self.cosine, "mean_activation": self.mean_activation}
+        return {"layer": self.layer, "index": self.index, "cosine": self.cosine,
+                "mean_activation": self.mean_activation}
 
 
 def rank_value_vectors(model: torch.nn.Module, direction: torch.Tensor, top_k: int = 100) -> list[Neuron]:
@@ -90,7 +91,8 @@ def neuron_activations(
 
         return hook
 
-    rows = tokenize_texts(tokenizer, texts, add_special_tokens=add_special_tokens, max_length=max_length) if texts else []
+    rows = (tokenize_texts(tokenizer, texts, add_special_tokens=add_special_tokens, max_length=max_length)
+            if texts else [])
     handles = [access.down_projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in wanted]
     bar = progress_bar(len(rows), "neuron activations")
     try:
@@ -138,7 +140,8 @@ def top_tokens(model: torch.nn.Module, tokenizer: Any, vector: torch.Tensor, k: 
     return [(tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, idx)]
 
 
-def neuron_top_tokens(model: torch.nn.Module, tokenizer: Any, neuron: Neuron | tuple[int, int], k: int = 10) -> list[tuple[str, float]]:
+def neuron_top_tokens(model: torch.nn.Module, tokenizer: Any, neuron: Neuron | tuple[int, int],
+                      k: int = 10) -> list[tuple[str, float]]:
     layer, index = (neuron.layer, neuron.index) if isinstance(neuron, Neuron) else neuron
     return top_tokens(model, tokenizer, mlp_access(model).value_vectors(layer)[index], k)
 
@@ -165,10 +168,12 @@ def activations_by_language(
     for lang, texts in texts_by_language.items():
         if not texts:
             raise UserError(f"no texts for language {lang}", field=lang)
-        a = float(neuron_activations(before, tokenizer, texts, neurons, batch_size=batch_size, max_length=max_length).mean())
+        a = float(neuron_activations(before, tokenizer, texts, neurons, batch_size=batch_size,
+                                     max_length=max_length).mean())
         out[lang] = {"before": a, "n_texts": len(texts)}
         if after is not None:
-            b = float(neuron_activations(after, tokenizer, texts, neurons, batch_size=batch_size, max_length=max_length).mean())
+            b = float(neuron_activations(after, tokenizer, texts, neurons, batch_size=batch_size,
+                                         max_length=max_length).mean())
             out[lang].update(after=b, change=b - a)
     return out
 
@@ -198,7 +203,8 @@ def neuron_offset(model: torch.nn.Module, neurons: Sequence[Neuron | tuple[int, 
 
         return hook
 
-    handles = [access.down_projections[layer].register_forward_pre_hook(make_hook(ix)) for layer, ix in by_layer.items()]
+    handles = [access.down_projections[layer].register_forward_pre_hook(make_hook(ix))
+               for layer, ix in by_layer.items()]
     try:
         yield
     finally:

@@ -37,7 +37,8 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def retrieval_scores(pivot_emb: torch.Tensor, other_emb: torch.Tensor) -> tuple[float, float, float]:
     """``(acc_pivot_to_x, acc_x_to_pivot, mean_aligned_cosine)`` for aligned ``[N, H]`` rows."""
     if pivot_emb.shape != other_emb.shape or pivot_emb.ndim != 2:
-        raise ValueError(f"expected two [N, H] tensors of equal shape, got {tuple(pivot_emb.shape)} and {tuple(other_emb.shape)}")
+        raise ValueError(f"expected two [N, H] tensors of equal shape, got {tuple(pivot_emb.shape)} "
+                         f"and {tuple(other_emb.shape)}")
     n = pivot_emb.shape[0]
     sim = cosine_matrix(pivot_emb, other_emb)
     diag = sim.diagonal()
@@ -94,7 +95,8 @@ def bilingual_retrieval(
     by the decoder alone; one progress bar (stderr, after ~3 s) counts every language's texts.
     """
     if pivot not in sentences:
-        raise UserError(f"pivot language {pivot!r} not in the data (have: {', '.join(sorted(sentences))})", field="pivot")
+        raise UserError(f"pivot language {pivot!r} not in the data (have: {', '.join(sorted(sentences))})",
+                        field="pivot")
     n = len(sentences[pivot])
     for lang, texts in sentences.items():
         if len(texts) != n:

@@ -39,7 +39,8 @@ def prompt_and_response_ids(
         msgs = [m if isinstance(m, dict) else m.to_dict() for m in prompt]
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
         if not full.startswith(prompt_text):
-            raise UserError("the chat template's prompt rendering is not a prefix of prompt + answer", field="chat_template")
+            raise UserError("the chat template's prompt rendering is not a prefix of prompt + answer",
+                            field="chat_template")
         response_text = full[len(prompt_text):]
     p_ids = tokenizer(prompt_text, add_special_tokens=specials)["input_ids"]
     r_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
@@ -222,5 +223,6 @@ def per_language_metric(results: Mapping[str, Any], metric: str, *, file: str | 
     values = {lang: v[metric] for lang, v in per_language.items() if isinstance(v, dict) and v.get(metric) is not None}
     if not values:
         available = sorted({k for v in per_language.values() if isinstance(v, dict) for k in v})
-        raise UserError(f"no language has metric {metric!r} (available: {', '.join(available)})", file=file, field="metric")
+        raise UserError(f"no language has metric {metric!r} (available: {', '.join(available)})", file=file,
+                        field="metric")
     return values

@@ -22,7 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="folder for report.html, report.md and PNGs")
     p.add_argument("--names", type=_csv_list, help="comma-separated run names, one per RUN_DIR (default: folder names)")
     p.add_argument("--title", help="report title")
-    p.add_argument("--dominant", default="en", help="dominant language to highlight and check (default en; 'none' for none)")
+    p.add_argument("--dominant", default="en",
+                   help="dominant language to highlight and check (default en; 'none' for none)")
     p.set_defaults(func=run)
 
 

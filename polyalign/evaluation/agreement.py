@@ -108,13 +108,15 @@ def agreement_section(generations: Sequence[dict[str, Any]], judges: Sequence[tu
     labels = {name: judge_labels(generations, j) for name, (_, j) in zip(names, judges)}
     languages = list(dict.fromkeys(g["language"] for g in generations))
     rows_of = {lang: [i for i, g in enumerate(generations) if g["language"] == lang] for lang in languages}
-    counts = {name: {lang: {c: sum(labels[name][i] == c for i in rows_of[lang]) for c in CATEGORIES} for lang in languages}
+    counts = {name: {lang: {c: sum(labels[name][i] == c for i in rows_of[lang]) for c in CATEGORIES}
+                     for lang in languages}
               for name in names}
     pairs = []
     for ia in range(len(names)):
         for ib in range(ia + 1, len(names)):
             a, b = names[ia], names[ib]
-            per_language = {lang: pair_stats([labels[a][i] for i in rows_of[lang]], [labels[b][i] for i in rows_of[lang]])
+            per_language = {lang: pair_stats([labels[a][i] for i in rows_of[lang]],
+                                             [labels[b][i] for i in rows_of[lang]])
                             for lang in languages}
             pairs.append({"a": a, "b": b, "per_language": per_language, "overall": pair_stats(labels[a], labels[b])})
     section = {"primary": names[0], "judges": names, "categories": list(CATEGORIES), "rule": RULE,
@@ -129,7 +131,8 @@ def _fmt(value: float | None) -> str:
 
 def statements(section: dict[str, Any]) -> list[str]:
     """Plain sentences: where a cheap offline judge disagrees with a stronger one (or, else, each pair)."""
-    out = [f"The primary judge `{section['primary']}` decides every headline metric; the other judges are compared with it."]
+    out = [f"The primary judge `{section['primary']}` decides every headline metric; "
+           "the other judges are compared with it."]
     for pair in section["pairs"]:
         a, b = pair["a"], pair["b"]
         base_a, base_b = a.split("#")[0], b.split("#")[0]
@@ -150,8 +153,8 @@ def statements(section: dict[str, Any]) -> list[str]:
             missed = m["a_unsafe_b_safe"] if cheap_is_a is False else m["a_safe_b_unsafe"]  # cheap safe, strong unsafe
             extra = m["a_safe_b_unsafe"] if cheap_is_a is False else m["a_unsafe_b_safe"]  # cheap unsafe, strong safe
             if missed or extra:
-                parts.append(f"{language_name(lang)} ({lang}): {missed} of {m['n']} called safe by `{cheap}` but unsafe by "
-                             f"`{strong}`, {extra} the reverse (kappa {_fmt(m['kappa'])})")
+                parts.append(f"{language_name(lang)} ({lang}): {missed} of {m['n']} called safe by `{cheap}` "
+                             f"but unsafe by `{strong}`, {extra} the reverse (kappa {_fmt(m['kappa'])})")
         if parts:
             out.append(f"Where the cheap offline judge `{cheap}` disagrees with `{strong}`: " + "; ".join(parts) + ".")
         else:
@@ -172,6 +175,7 @@ def agreement_markdown(section: dict[str, Any]) -> list[str]:
             shown = f"{lang} ({language_name(lang)})" if lang != "all" else "**all**"
             matrix = " / ".join(" ".join(str(v) for v in row) for row in m["confusion"])
             agree = "–" if m["observed_agreement"] is None else f"{m['observed_agreement']:.4f}"
-            lines.append(f"| {shown} | {m['n']} | {agree} | {_fmt(m['kappa'])} | {_fmt(m['kappa_judged'])} | {matrix} |")
+            lines.append(f"| {shown} | {m['n']} | {agree} | {_fmt(m['kappa'])} | {_fmt(m['kappa_judged'])} "
+                         f"| {matrix} |")
     lines += ["", *[f"- {s}" for s in section["statements"]]]
     return lines

@@ -81,14 +81,16 @@ class CodeSwitchPolicy:
         if self.mix not in ("all", "pairwise"):
             raise bad("mix", f"must be all or pairwise, got {self.mix!r}")
         if self.alignment != "position":
-            raise bad("alignment", f"only 'position' is available (no word aligner is installed), got {self.alignment!r}")
+            raise bad("alignment",
+                      f"only 'position' is available (no word aligner is installed), got {self.alignment!r}")
         lo, hi = self.phrase_length
         if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
             raise bad("phrase_length", f"must be [min, max] with 1 <= min <= max, got {list(self.phrase_length)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "languages": list(self.languages), "phrase_length": list(self.phrase_length)}
+        return {**dataclasses.asdict(self), "languages": list(self.languages),
+                "phrase_length": list(self.phrase_length)}
 
 
 def _yaml_file(path: str | Path | None, default: str) -> tuple[Any, str]:
@@ -184,7 +186,8 @@ def switch_one(base: EvalPrompt, sources: dict[str, EvalPrompt], languages: Sequ
     return _join(out), info
 
 
-def code_switch(prompts: Sequence[EvalPrompt], policy: CodeSwitchPolicy, *, benchmark: str | None = None) -> list[EvalPrompt]:
+def code_switch(prompts: Sequence[EvalPrompt], policy: CodeSwitchPolicy, *,
+                benchmark: str | None = None) -> list[EvalPrompt]:
     """Code-switched prompts from a parallel set (items without the base language or a translation are skipped)."""
     by_item: dict[str, dict[str, EvalPrompt]] = {}
     for p in prompts:
@@ -298,7 +301,8 @@ def prepare_attack(attack: str, benchmark: str, *, out_dir: str | Path, data: st
         attacked = wrap_templates(prompts, templates, benchmark=bench_name)
         settings = {"file": path or "attack_data/jailbreak_templates.yaml", "templates": dict(templates)}
     if not attacked:
-        raise UserError(f"the {name} attack produced no prompts from {spec.name} (no parallel items?)", field="--attack")
+        raise UserError(f"the {name} attack produced no prompts from {spec.name} (no parallel items?)",
+                        field="--attack")
     info = {"attack": name, "benchmark": spec.name, "settings": settings,
             "selection": {"languages": list(languages) if languages else None,
                           "categories": list(categories) if categories else None, "limit": limit, "seed": seed},

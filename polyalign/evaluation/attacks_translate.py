@@ -56,7 +56,8 @@ def _translator_file(path: str | Path) -> dict[str, Any]:
     if isinstance(data, dict) and isinstance(data.get("translator"), dict):
         data = data["translator"]
     if not isinstance(data, dict) or not data:
-        raise UserError("expected a mapping of translator options (type: hf|openai, ...)", file=path, field="translator")
+        raise UserError("expected a mapping of translator options (type: hf|openai, ...)", file=path,
+                        field="translator")
     out = dict(data)
     for key in ("model", "model_path"):  # relative folders are relative to the file, as in a build config
         value = out.get(key)
@@ -77,7 +78,8 @@ def translate_options(target: str | None, overrides: dict[str, Any]) -> tuple[st
     translator_file = opts.pop("translator", None)
     options = {**(_translator_file(translator_file) if translator_file else {}), **opts}
     if not options:
-        raise UserError("the translate attack needs a translator: translate:LANG[model=FOLDER,family=nllb|m2m100|marian] "
+        raise UserError("the translate attack needs a translator: "
+                        "translate:LANG[model=FOLDER,family=nllb|m2m100|marian] "
                         "or translate:LANG[translator=FILE.yaml]", field="--attack")
     target = _language(target.strip(), "--attack")
     if target == source:

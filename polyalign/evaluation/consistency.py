@@ -116,7 +116,8 @@ def consistency(
     texts = {(p.source_id or p.id, p.language): p.text for p in prompts}
     for item, cells in verdicts.items():
         base = cells.get(dominant)
-        agrees = {lang: (None if base is None or v is None else v == base) for lang, v in cells.items() if lang != dominant}
+        agrees = {lang: (None if base is None or v is None else v == base)
+                  for lang, v in cells.items() if lang != dominant}
         item_rows.append({"item": item, "verdicts": cells, "agrees_with_dominant": agrees})
         for lang, same in agrees.items():
             if same is False:

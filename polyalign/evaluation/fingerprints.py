@@ -67,7 +67,8 @@ def source_identity(source: str | Path) -> dict[str, Any]:
     if snapshot is not None and snapshot.is_dir():
         return {"hub_id": str(source), **folder_identity(snapshot)}
     return {"hub_id": str(source), "strength": WEAK,
-            "weak_reason": f"{source} is neither a folder nor a hub id in the local cache, so its weights cannot be hashed"}
+            "weak_reason": f"{source} is neither a folder nor a hub id in the local cache, "
+                           "so its weights cannot be hashed"}
 
 
 def _params_sha(model: Any) -> str | None:

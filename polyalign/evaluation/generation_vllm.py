@@ -35,7 +35,8 @@ def check_adapter(adapter: str | Path) -> Path:
     if not path.is_dir():
         raise UserError("no such adapter folder", file=path, field="adapter")
     if not (path / "adapter_model.safetensors").is_file():
-        raise UserError("no adapter_model.safetensors in the adapter folder (safetensors only)", file=path, field="adapter")
+        raise UserError("no adapter_model.safetensors in the adapter folder (safetensors only)", file=path,
+                        field="adapter")
     return path
 
 
@@ -62,14 +63,15 @@ class VLLMGenerator:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, settings: GenerationSettings, *, batch_size: int = DEFAULT_VLLM_BATCH_SIZE, adapter: str | None = None,
-                 trust_remote_code: bool = False, **engine_kwargs: Any) -> None:
+    def __init__(self, model_path: str, settings: GenerationSettings, *, batch_size: int = DEFAULT_VLLM_BATCH_SIZE,
+                 adapter: str | None = None, trust_remote_code: bool = False, **engine_kwargs: Any) -> None:
         if adapter is not None:
             check_adapter(adapter)  # before the engine starts: a pickled adapter is never loaded
         try:
             import vllm  # noqa: PLC0415 - optional, heavy
         except ImportError:
-            raise UserError("the vLLM backend needs the 'vllm' package (pip install vllm); or use --backend hf", field="backend") from None
+            raise UserError("the vLLM backend needs the 'vllm' package (pip install vllm); or use --backend hf",
+                            field="backend") from None
         self._vllm = vllm
         self.settings = settings.validate()
         self.batch_size = batch_size
@@ -86,7 +88,8 @@ class VLLMGenerator:
         s = self.settings
         params = [
             self._vllm.SamplingParams(
-                max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty,
                 seed=row_seed(s.seed, t.prompt.id, t.sample) if s.do_sample else None, skip_special_tokens=True,
             )
             for t in tasks

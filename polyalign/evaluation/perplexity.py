@@ -75,7 +75,8 @@ def conditional_perplexity(
     return results
 
 
-def median_perplexity_by_language(values: Sequence[float | None], languages: Sequence[str]) -> dict[str, dict[str, Any]]:
+def median_perplexity_by_language(values: Sequence[float | None],
+                                  languages: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``{lang: {"perplexity_median", "n_perplexity", "n_perplexity_missing"}}``."""
     if len(values) != len(languages):
         raise ValueError(f"{len(values)} values but {len(languages)} languages")

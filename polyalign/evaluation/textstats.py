@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 CHARACTER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my"})
-_NO_SPACE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+_NO_SPACE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                              r"\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
 
 
 def _uses_characters(text: str, language: str | None) -> bool:
@@ -67,7 +68,8 @@ def distinct_metrics(groups: Iterable[Sequence[str]], language: str | None = Non
                 missing[n] += 1
             else:
                 values[n].append(value)
-    out: dict[str, float | int | None] = {f"distinct_{n}": statistics.fmean(values[n]) if values[n] else None for n in ns}
+    out: dict[str, float | int | None] = {f"distinct_{n}": statistics.fmean(values[n]) if values[n] else None
+                                          for n in ns}
     out["n_prompts"] = n_groups
     for n in ns:
         out[f"n_prompts_no_{n}grams"] = missing[n]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from polyalign._lazy import lazy_exports
 
-_EXPORTS = {name: "polyalign.integrations.trl_mlc" for name in ("MLCConfig", "MLCDPOTrainer", "MLCDataCollator", "trl_rows")}
+_EXPORTS = {name: "polyalign.integrations.trl_mlc"
+            for name in ("MLCConfig", "MLCDPOTrainer", "MLCDataCollator", "trl_rows")}
 
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

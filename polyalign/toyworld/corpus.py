@@ -75,7 +75,8 @@ class Corpus:
         for lang in self.languages:
             self.pools["fact"][lang] = [self.plain(world.text(s, lang)) for s in world.facts.values()]
             self.pools["benign"][lang] = [
-                self.chat(world.text(it.prompt, lang), world.text(it.answer, lang)) for it in world.benign_split("train")
+                self.chat(world.text(it.prompt, lang), world.text(it.answer, lang))
+                for it in world.benign_split("train")
             ]
             refusal = world.refusal(lang)
             self.pools["harmful"][lang] = [

@@ -76,7 +76,8 @@ def _average_numbers(docs: list[Any]) -> Any:
     if all(d == first for d in docs):  # identical (settings, layer indices, counts): keep as is
         return first
     if isinstance(first, dict):
-        return {k: _average_numbers([d[k] for d in docs]) for k in first if all(isinstance(d, dict) and k in d for d in docs)}
+        return {k: _average_numbers([d[k] for d in docs])
+                for k in first if all(isinstance(d, dict) and k in d for d in docs)}
     if isinstance(first, list) and all(isinstance(d, list) and len(d) == len(first) for d in docs):
         return [_average_numbers(list(items)) for items in zip(*docs)]
     if isinstance(first, (int, float)) and not isinstance(first, bool):
@@ -216,7 +217,8 @@ def _run_seeds(seeds: list[int], seed_dirs: list[Path], cache: Path, config: Dem
         bars = SeedBars(seeds, enabled=progress)
         try:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
-                futures = [pool.submit(_worker, s, str(d), str(cache), config, events) for s, d in zip(seeds, seed_dirs)]
+                futures = [pool.submit(_worker, s, str(d), str(cache), config, events)
+                           for s, d in zip(seeds, seed_dirs)]
                 while not all(f.done() for f in futures):
                     bars.drain(events)
                 bars.drain(events, timeout=0.0)

@@ -75,8 +75,8 @@ class SeedBars:
 
         self.enabled = enabled
         self.bars = {seed: tqdm(total=1, desc=f"seed {seed}", position=i, leave=True, file=sys.stderr,
-                                disable=not enabled, dynamic_ncols=True, mininterval=0.5, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                                "{n_fmt}/{total_fmt} [{elapsed}]")
+                                disable=not enabled, dynamic_ncols=True, mininterval=0.5,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
                      for i, seed in enumerate(seeds)}
 
     def update(self, seed: int, stage: str, done: int, total: int) -> None:

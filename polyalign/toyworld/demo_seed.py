@@ -167,7 +167,8 @@ def _run_seed(seed: int, seed_dir: str | Path, cache_dir: str | Path, config: De
     cached = base_dir.is_dir()
     progress("pretrain" + (" (cached)" if cached else ""), 0, config.pretrain.steps)
     base_dir = clock.run("pretrain", lambda: pretrain_base_model(
-        world, cache_dir / "base", config.pretrain, progress=lambda done: progress("pretrain", done, config.pretrain.steps)))
+        world, cache_dir / "base", config.pretrain,
+        progress=lambda done: progress("pretrain", done, config.pretrain.steps)))
     progress("pretrain", config.pretrain.steps, config.pretrain.steps)
     data = write_data(world, config, seed_dir / "data", seed)
     pairs = heldout_pairs(world)

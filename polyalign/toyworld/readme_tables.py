@@ -80,7 +80,8 @@ def render_demo_block(summary: dict[str, Any]) -> str:
     # 3 busy processes (2 seeds + 1 other) on 2 cores.
     budget = (f"Expected wall time from this run's CPU time: CPU / 2 = {_duration(timing['cpu_s'] / 2)} on 2 idle "
               f"cores; CPU / (4/3) = {_duration(timing['cpu_s'] * 3 / 4)} when one other busy process shares them.")
-    return "\n".join([BEGIN, "", settings_sentence(summary), "", results_table(summary["metrics"], len(seeds)).rstrip("\n"),
+    return "\n".join([BEGIN, "", settings_sentence(summary), "",
+                      results_table(summary["metrics"], len(seeds)).rstrip("\n"),
                       "", cost, budget, "", provenance_line(summary), "", END])
 
 
@@ -179,9 +180,11 @@ def check(readme: Path = README, summary_file: Path = SUMMARY_FILE, quick_file: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyalign.toyworld.readme_tables", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m polyalign.toyworld.readme_tables",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--from-run", type=Path, help="a full `polyalign demo` output folder to store and render")
-    parser.add_argument("--quick-run", type=Path, help="a `polyalign demo --quick` output folder at --from-run's commit")
+    parser.add_argument("--quick-run", type=Path,
+                        help="a `polyalign demo --quick` output folder at --from-run's commit")
     parser.add_argument("--quick-expected", type=Path, help="a `polyalign demo --quick` output folder to store")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README or the results files disagree")
     args = parser.parse_args(argv)

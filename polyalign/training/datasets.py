@@ -86,7 +86,8 @@ class DataReport:
         if self.limited_to is not None:
             text += f", limited to the first {self.limited_to}"
         text += "; tokenisation: " + self.tokenize.summary()
-        lost = {k: v for k, v in self.per_language.items() if v["skipped"] or v["truncated_prompts"] or v["truncated_responses"]}
+        lost = {k: v for k, v in self.per_language.items()
+                if v["skipped"] or v["truncated_prompts"] or v["truncated_responses"]}
         if lost:
             text += "; per language (skipped / truncated prompts / truncated responses of records): " + ", ".join(
                 f"{k} {v['skipped']}/{v['truncated_prompts']}/{v['truncated_responses']} of {v['records']}"

@@ -121,7 +121,8 @@ class MLCExtractor(nn.Module):
         folder = base if inside else base / EXTRACTOR_DIRNAME
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not folder.is_dir():
-            raise UserError("no MLC extractor here (expected a mlc_extractor/ folder saved with the model)", file=folder)
+            raise UserError("no MLC extractor here (expected a mlc_extractor/ folder saved with the model)",
+                            file=folder)
         config = _read_config(config_path)
         if not weights_path.is_file():
             raise UserError("missing MLC extractor weights", file=weights_path)

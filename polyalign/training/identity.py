@@ -82,11 +82,13 @@ def _difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     stored = old["identity"]
     for key in sorted(set(stored) | set(new)):
         if stored.get(key) != new.get(key):
-            return f"{key}: {json.dumps(stored.get(key), default=str)[:120]} there, {json.dumps(new.get(key), default=str)[:120]} now"
+            return (f"{key}: {json.dumps(stored.get(key), default=str)[:120]} there, "
+                    f"{json.dumps(new.get(key), default=str)[:120]} now")
     return "its fingerprint differs"
 
 
-def checkpoint_matches(checkpoint: str | Path, fingerprint: str, identity: dict[str, Any] | None = None) -> tuple[bool, str]:
+def checkpoint_matches(checkpoint: str | Path, fingerprint: str,
+                       identity: dict[str, Any] | None = None) -> tuple[bool, str]:
     """``(matches, why not)`` for a checkpoint folder and this run's fingerprint (and identity)."""
     data = _read(Path(checkpoint) / RUN_FILE)
     if data is None:
