@@ -87,7 +87,10 @@ def test_mpo_loss_equality_passed(quick_results):
     # runs (counted op by op), and the official-style step (full-vocabulary logits, a reference
     # forward) runs more than polyalign's.
     p, o = runs["polyalign"], runs["official"]
-    assert p["exact_floor_flops"] == o["exact_floor_flops"] > p["exact_floor_flops_shared_prompt"] > 0
+    # (the official-style batch is padded to a multiple of 8 as LLaMA-Factory's collator does, so its own
+    # floor counts more dominant positions; the summary uses polyalign's, the tighter one)
+    assert p["exact_floor_flops"] <= o["exact_floor_flops"]
+    assert p["exact_floor_flops"] > p["exact_floor_flops_shared_prompt"] > 0
     assert p["exact_floor_flops"] <= p["matmul_flops_counted"] < o["matmul_flops_counted"]
     summary = data["summary"]["fp32"]
     assert summary["flops_official_over_polyalign"] == pytest.approx(
