@@ -130,7 +130,8 @@ def test_seed_determinism(tok):
 
 
 def test_dimensions_are_configurable(tok):
-    model = build_tiny_model("qwen2", tok, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=48, vocab_size=1200)
+    model = build_tiny_model("qwen2", tok, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=48,
+                             vocab_size=1200)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (32, 3, 1200)
     assert model.model.layers[0].mlp.down_proj.weight.shape == (32, 48)
     with pytest.raises(ValueError, match="unknown architecture"):

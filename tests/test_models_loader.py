@@ -140,7 +140,8 @@ from polyalign.evaluation.judges.classifier import load_classifier
 from polyalign.data.build.translate_hf import HFSeq2SeqTranslator
 for name, call in (("classifier", lambda: load_classifier("runs/tox", None)),
                    ("translator", lambda: HFSeq2SeqTranslator("runs/mt").load("runs/mt")),
-                   ("pretrained_source", lambda: __import__("polyalign.models", fromlist=["x"]).pretrained_source("runs/final"))):
+                   ("pretrained_source",
+                    lambda: __import__("polyalign.models", fromlist=["x"]).pretrained_source("runs/final"))):
     try:
         result = call()
     except UserError as exc:
@@ -159,7 +160,8 @@ def test_other_loaders_never_download_a_mistyped_folder(tmp_path, hub):
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), POLYALIGN_CACHE_DIR=str(tmp_path / "cache"),
                HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5")
     script = _OTHER_LOADERS
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("classifier UserError runs/tox: classifier: no such model folder"), lines
@@ -169,6 +171,7 @@ def test_other_loaders_never_download_a_mistyped_folder(tmp_path, hub):
     assert [r for r in requests if not r.startswith("GET /api/agent-harnesses")] == []
     # The opt-in lets the same loaders reach the hub (the counter sees the classifier ask).
     env["POLYALIGN_ALLOW_DOWNLOAD"] = "1"
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert any("runs/tox" in r for r in requests) and any("runs/mt" in r for r in requests), requests

@@ -70,10 +70,12 @@ def test_collinearity_cli_with_subsets(ckpt, parallel_dir, tmp_path):
 
 def _pairs_file(tmp_path):
     rows = [
-        {"id": "a", "language": "en", "prompt": "How do I bake bread?", "chosen": "Mix flour and water.", "rejected": "No."},
+        {"id": "a", "language": "en", "prompt": "How do I bake bread?", "chosen": "Mix flour and water.",
+         "rejected": "No."},
         {"id": "b", "language": "en", "prompt": "Tell me a joke", "chosen": "Why not!", "rejected": "I cannot help."},
         {"id": "c", "language": "zh", "prompt": "怎么做面包？", "chosen": "把面粉和水混合。", "rejected": "不。"},
-        {"id": "d", "language": "de", "prompt": "Wie backe ich Brot?", "chosen": "Mehl und Wasser mischen.", "rejected": "Nein."},
+        {"id": "d", "language": "de", "prompt": "Wie backe ich Brot?", "chosen": "Mehl und Wasser mischen.",
+         "rejected": "Nein."},
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -82,7 +84,8 @@ def _pairs_file(tmp_path):
 
 def test_reward_gap_cli_with_results_correlation(ckpt, tmp_path):
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"metrics": {"per_language": {"en": {"asr": 0.1}, "zh": {"asr": 0.6}, "de": {"asr": 0.3}}}}))
+    results.write_text(json.dumps({"metrics": {"per_language": {"en": {"asr": 0.1}, "zh": {"asr": 0.6},
+                                                                "de": {"asr": 0.3}}}}))
     out = tmp_path / "g.json"
     rc = main(["analyze", "reward-gap", "--model", str(ckpt), "--data", str(_pairs_file(tmp_path)),
                "--results", str(results), "--languages", "en,zh,de", "-o", str(out)])
@@ -104,7 +107,8 @@ def test_neurons_cli(ckpt, tmp_path):
     texts = tmp_path / "texts.jsonl"
     prompts = [{"id": f"{lang}{i}", "language": lang, "text": t, "benchmark": "custom"}
                for lang, lines in PARALLEL.items() for i, t in enumerate(lines)]
-    texts.write_text("".join(json.dumps({"type": "eval_prompt", **p}, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+    texts.write_text("".join(json.dumps({"type": "eval_prompt", **p}, ensure_ascii=False) + "\n" for p in prompts),
+                     encoding="utf-8")
     out = tmp_path / "n.json"
     rc = main(["analyze", "neurons", "--model", str(ckpt), "--probe-data", str(probe), "--probe-method", "mean_diff",
                "--texts", str(texts), "--after", str(ckpt), "--top-k", "20", "--top-tokens", "3", "-o", str(out)])
@@ -124,7 +128,8 @@ def test_user_errors_exit_2(ckpt, tmp_path, capsys):
     rc = main(["analyze", "neurons", "--model", str(ckpt), "--probe-data", str(bad), "-o", str(tmp_path / "o.json")])
     err = capsys.readouterr().err
     assert rc == 2 and "probe.jsonl:1" in err and "label" in err
-    rc = main(["analyze", "retrieval", "--model", str(tmp_path / "nope"), "--data", str(tmp_path), "-o", str(tmp_path / "o.json")])
+    rc = main(["analyze", "retrieval", "--model", str(tmp_path / "nope"), "--data", str(tmp_path),
+               "-o", str(tmp_path / "o.json")])
     assert rc == 2
     assert not (tmp_path / "o.json").exists()
 

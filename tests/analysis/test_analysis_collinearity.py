@@ -63,14 +63,16 @@ def model(tok, request):
 
 
 def test_model_run_matches_manual(model, tok):
-    result = collinearity(model, tok, PROMPTS, subsets={"all": ["en", "de", "zh"], "en-de": ["en", "de"]}, layers=[1, -1], batch_size=2)
+    result = collinearity(model, tok, PROMPTS, subsets={"all": ["en", "de", "zh"], "en-de": ["en", "de"]},
+                          layers=[1, -1], batch_size=2)
     assert result.layers == [1, 2]
     assert result.n_prompts == {"all": 2, "en-de": 3} and result.n_skipped == {"all": 1, "en-de": 0}
     for name, langs, usable in (("all", ["en", "de", "zh"], [0, 1]), ("en-de", ["en", "de"], [0, 1, 2])):
         for k, layer in enumerate([1, 2]):
             shares, cosines = [], []
             for i in usable:
-                _, st = prompt_last_token_states(model, tok, [PROMPTS[i].prompts[lang] for lang in langs], layers=[layer])
+                _, st = prompt_last_token_states(model, tok, [PROMPTS[i].prompts[lang] for lang in langs],
+                                                 layers=[layer])
                 z = st[0].double().numpy()
                 zn = z / np.linalg.norm(z, axis=1, keepdims=True)
                 s = np.linalg.svd(zn, compute_uv=False)

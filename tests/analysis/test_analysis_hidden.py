@@ -24,7 +24,8 @@ def _gpt2(tok):
     # Absolute position embeddings: unlike RoPE (shift invariant), left padding changes the
     # result unless position ids are derived from the attention mask.
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_embd=64,
+                     n_layer=2, n_head=4, n_positions=256)
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -86,7 +87,8 @@ def test_encode_batch_padding_layout(tok):
 
 
 def test_prompt_last_token_states_use_chat_template(model, tok):
-    convs = [[{"role": "user", "content": "Hi"}], [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好吗"}]]
+    convs = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好吗"}]]
     layers, states = prompt_last_token_states(model, tok, convs, layers=[-1])
     for n, conv in enumerate(convs):
         text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
@@ -180,7 +182,8 @@ def test_no_analysis_calls_the_lm_head(tok, arch):
         prompts = [[{"role": "user", "content": t}] for t in TEXTS[:3]]
         answers = ["Sure.", "No, sorry, I cannot do that today.", "ok"]
         average_response_logps(model, tok, prompts, answers, batch_size=8)
-    n_response = sum(len(tok(tok.apply_chat_template(p + [{"role": "assistant", "content": a}], tokenize=False))["input_ids"])
+    n_response = sum(len(tok(tok.apply_chat_template(p + [{"role": "assistant", "content": a}],
+                                                     tokenize=False))["input_ids"])
                      - len(tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True))["input_ids"])
                      for p, a in zip(prompts, answers))
     assert counter.rows == [n_response]

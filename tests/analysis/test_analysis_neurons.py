@@ -33,13 +33,15 @@ def tok():
 
 def _gpt2(tok):
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_embd=32,
+                     n_layer=2, n_head=2, n_positions=128)
     return GPT2LMHeadModel(cfg).eval()
 
 
 def _bloom(tok):
     torch.manual_seed(0)
-    cfg = BloomConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, hidden_size=32, n_layer=2, n_head=2)
+    cfg = BloomConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, hidden_size=32, n_layer=2, n_head=2)
     return BloomForCausalLM(cfg).eval()
 
 
@@ -76,7 +78,8 @@ def test_accessors_value_vectors_and_activations(tok):
 
         # Activations via the pre-hook equal the MLP formula applied to the MLP's input.
         mlp = access.down_projections[1]
-        block_mlp = model.model.layers[1].mlp if family in ("llama", "gemma2", "gemma3", "qwen2") else model.transformer.h[1].mlp
+        block_mlp = (model.model.layers[1].mlp if family in ("llama", "gemma2", "gemma3", "qwen2")
+                     else model.transformer.h[1].mlp)
         seen = []
 
         def record(module: torch.nn.Module, args: tuple, seen: list = seen) -> None:  # this family's list (B023)
@@ -176,7 +179,8 @@ def test_pipeline_finds_planted_neuron(tok, planted, method):
     kept, ranked_act = find_toxic_neurons(model, tok, toxic, probe.direction, top_k=10)
     assert kept[0].layer == LAYER and kept[0].index == IDX and kept[0].mean_activation > 1.0
     assert all(n.mean_activation > 0 for n in kept)
-    assert {(n.layer, n.index) for n in ranked_act if n.mean_activation <= 0}.isdisjoint({(n.layer, n.index) for n in kept})
+    assert {(n.layer, n.index) for n in ranked_act if n.mean_activation <= 0}.isdisjoint(
+        {(n.layer, n.index) for n in kept})
     assert neuron_top_tokens(model, tok, kept[0], k=3)[0][0] == TARGET
 
 

@@ -59,8 +59,10 @@ def test_ties_are_misses_and_shapes_checked():
 
 
 SENTENCES = {
-    "en": ["The weather is nice today.", "I like reading books.", "Where is the train station?", "Please help me.", "Thank you very much!"],
-    "de": ["Das Wetter ist heute schön.", "Ich lese gerne Bücher.", "Wo ist der Bahnhof?", "Bitte hilf mir.", "Vielen Dank!"],
+    "en": ["The weather is nice today.", "I like reading books.", "Where is the train station?", "Please help me.",
+           "Thank you very much!"],
+    "de": ["Das Wetter ist heute schön.", "Ich lese gerne Bücher.", "Wo ist der Bahnhof?", "Bitte hilf mir.",
+           "Vielen Dank!"],
     "zh": ["今天天气很好。", "我喜欢读书。", "火车站在哪里？", "请帮帮我。", "非常感谢！"],
 }
 
@@ -100,7 +102,8 @@ def test_layer_subset(model, tok):
     result = bilingual_retrieval(model, tok, SENTENCES, layers=[-1])
     full = bilingual_retrieval(model, tok, SENTENCES)
     assert result.layers == [2]
-    assert result.per_layer["de"]["mean_aligned_cosine"][0] == pytest.approx(full.per_layer["de"]["mean_aligned_cosine"][2], abs=1e-6)
+    assert result.per_layer["de"]["mean_aligned_cosine"][0] == pytest.approx(
+        full.per_layer["de"]["mean_aligned_cosine"][2], abs=1e-6)
 
 
 def test_input_errors(model, tok):

@@ -39,7 +39,8 @@ def _pair(pid, lang, prompt, chosen, rejected, system=None):
 
 PAIRS = [
     _pair("1", "en", "How do I bake bread?", "Mix flour and water, then bake.", "No."),
-    _pair("2", "en", "Tell me a joke", "Why did the chicken cross the road?", "I cannot help with that request at all.", system="Be kind."),
+    _pair("2", "en", "Tell me a joke", "Why did the chicken cross the road?", "I cannot help with that request at all.",
+          system="Be kind."),
     _pair("3", "zh", "怎么做面包？", "把面粉和水混合，然后烤。", "不。"),
     _pair("4", "zh", "讲个笑话", "好的！", "对不起，我不能帮助你做这件事。"),
     _pair("5", "ar", "كيف أخبز الخبز؟", "اخلط الدقيق والماء.", "لا."),
@@ -72,7 +73,8 @@ def test_response_ids_include_end_of_turn(tok):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_average_logps_match_reference(model, tok, batch_size):
-    got = average_response_logps(model, tok, [p.prompt for p in PAIRS], [p.chosen for p in PAIRS], batch_size=batch_size)
+    got = average_response_logps(model, tok, [p.prompt for p in PAIRS], [p.chosen for p in PAIRS],
+                                 batch_size=batch_size)
     for value, pair in zip(got, PAIRS):
         assert value == pytest.approx(_reference_avg_logp(model, tok, pair.prompt, pair.chosen), abs=1e-5)
 

@@ -45,7 +45,8 @@ def test_reward_gap_cli_on_released_mpo_data(shared_data, tmp_path):
 
     ckpt = save_tiny_checkpoint(tmp_path / "m", arch="llama")
     out = tmp_path / "gap.json"
-    rc = main(["analyze", "reward-gap", "--model", str(ckpt), "--data", str(shared_data / "mpo" / "llama_mpo_data.json"),
+    rc = main(["analyze", "reward-gap", "--model", str(ckpt),
+               "--data", str(shared_data / "mpo" / "llama_mpo_data.json"),
                "--languages", "en,sw", "--max-length", "96", "--batch-size", "32", "-o", str(out)])
     assert rc == 0
     res = json.loads(out.read_text(encoding="utf-8"))["result"]

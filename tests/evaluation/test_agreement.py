@@ -19,7 +19,8 @@ def _gens(labels_by_judge: dict[str, list[tuple[str, str | None]]]):
     gens = [{"id": f"p{i}", "sample": 0, "language": lang, "text": f"t{i}"} for i, (lang, _) in enumerate(first)]
     judges = []
     for name, rows in labels_by_judge.items():
-        judges.append((name, {(g["id"], 0): {"label": label} for g, (_, label) in zip(gens, rows) if label is not None}))
+        judges.append((name, {(g["id"], 0): {"label": label}
+                              for g, (_, label) in zip(gens, rows) if label is not None}))
     return gens, judges
 
 
@@ -45,7 +46,8 @@ def test_hand_counted_confusion_and_kappa():
     assert section["label_counts"]["openai"]["sw"] == {"safe": 1, "unsafe": 2, "invalid": 0, "error": 1}
     # 2x2 judged block [[0,0],[1,1]]: p_o = 1/2, p_e = (0*1 + 2*1)/4 = 1/2 -> kappa 0
     assert sw["kappa_judged"] == 0.0
-    assert pair["overall"]["confusion"] == [[x + y for x, y in zip(r1, r2)] for r1, r2 in zip(en["confusion"], sw["confusion"])]
+    assert pair["overall"]["confusion"] == [[x + y for x, y in zip(r1, r2)]
+                                            for r1, r2 in zip(en["confusion"], sw["confusion"])]
     text = " ".join(section["statements"])
     # refusal is the cheap judge (B): in sw it said safe once where openai said unsafe; in en the reverse once
     assert "1 of 4 called safe by `refusal` but unsafe by `openai`" in text
@@ -148,7 +150,8 @@ def test_eval_two_judges_generates_once_and_keeps_verdicts_apart(tmp_path, monke
     # fail400 items are not stored (errors are retried), so openai holds 8 of 12 verdicts
     assert len(own) - 1 == 12 and len(theirs) - 1 == 8
     # the primary judge (refusal) still decides the headline metrics: same as the single-judge run
-    assert results["metrics"]["per_language"]["en"]["unsafe_rate"] == first["metrics"]["per_language"]["en"]["unsafe_rate"]
+    assert (results["metrics"]["per_language"]["en"]["unsafe_rate"]
+            == first["metrics"]["per_language"]["en"]["unsafe_rate"])
     agreement = results["agreement"]
     assert agreement["primary"] == "refusal" and agreement["judges"] == ["refusal", "openai"]
     assert agreement["files"] == [JUDGMENTS, other]
@@ -185,7 +188,8 @@ def test_cli_two_judges_with_per_judge_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("POLYALIGN_TEST_KEY", "sk-test-not-secret")
     model_dir = save_tiny_checkpoint(tmp_path / "m", "llama", seed=3)
     data = tmp_path / "p.csv"
-    data.write_text("text,lang\nQ one [[answer:unsafe]],en\nQ two,en\nSwali moja [[answer:unsafe]],sw\nSwali mbili,sw\n",
+    data.write_text("text,lang\nQ one [[answer:unsafe]],en\nQ two,en\n"
+                    "Swali moja [[answer:unsafe]],sw\nSwali mbili,sw\n",
                     encoding="utf-8")
     out = tmp_path / "out"
     with JudgeServer() as server:
@@ -194,14 +198,16 @@ def test_cli_two_judges_with_per_judge_options(tmp_path, monkeypatch, capsys):
                 "--judge-option", f"openai.base_url={server.url}/v1", "--judge-option",
                 "openai.api_key_env=POLYALIGN_TEST_KEY", "--max-new-tokens", "3", "--no-progress", "--out", str(out)]
         assert main(args) == 0
-        assert len(server.requests) == 4 and all(json.loads(r["body"])["model"] == "judge-model" for r in server.requests)
+        assert len(server.requests) == 4
+        assert all(json.loads(r["body"])["model"] == "judge-model" for r in server.requests)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [j["name"] for j in results["settings"]["judges"]] == ["refusal", "openai"]
     assert results["settings"]["judge"]["name"] == "refusal" and results["settings"]["judge"]["options"] == {}
     counts = results["agreement"]["label_counts"]["openai"]
     assert counts == {lang: {"safe": 1, "unsafe": 1, "invalid": 0, "error": 0} for lang in ("en", "sw")}
     kappas = results["agreement"]["pairs"][0]["per_language"]
-    shown = ", ".join(f"{lang} {'–' if m['kappa'] is None else format(m['kappa'], '.2f')}" for lang, m in kappas.items())
+    shown = ", ".join(f"{lang} {'–' if m['kappa'] is None else format(m['kappa'], '.2f')}"
+                      for lang, m in kappas.items())
     assert f"judge agreement refusal vs openai (Cohen's kappa): {shown}" in capsys.readouterr().out
     # a judge option naming no judge of --judge is a one-line error (exit 2)
     assert main(args[:-2] + ["--judge-option", "llama_guard.model=x", "--out", str(tmp_path / "o2")]) == 2

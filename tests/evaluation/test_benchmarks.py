@@ -28,8 +28,10 @@ def test_registry_lists_every_benchmark():
     assert get_benchmark("MLC").name == "pku-saferlhf-10"
     assert get_benchmark("rtp-lx").kind == "toxicity"
     rtplx = specs["rtplx"].generation
-    assert (rtplx["num_samples"], rtplx["max_new_tokens"], rtplx["temperature"], rtplx["top_p"], rtplx["chat_template"]) == (25, 20, 0.9, 0.8, False)
-    assert specs["multijail"].generation["temperature"] == 0.0 and specs["multijail"].generation["chat_template"] is True
+    assert (rtplx["num_samples"], rtplx["max_new_tokens"], rtplx["temperature"], rtplx["top_p"],
+            rtplx["chat_template"]) == (25, 20, 0.9, 0.8, False)
+    assert specs["multijail"].generation["temperature"] == 0.0
+    assert specs["multijail"].generation["chat_template"] is True
     with pytest.raises(UserError, match="unknown benchmark 'nope'"):
         get_benchmark("nope")
 
@@ -179,7 +181,8 @@ def test_user_spec_file(tmp_path):
     data = tmp_path / "p.csv"
     data.write_text("prompt\nhello\nworld\n", encoding="utf-8")
     spec = tmp_path / "mine.yaml"
-    spec.write_text(f"name: mine\nkind: safety\nformat: csv\npath: {data.name}\ncolumn_map: {{text: prompt}}\nlanguage: en\n", encoding="utf-8")
+    spec.write_text(f"name: mine\nkind: safety\nformat: csv\npath: {data.name}\ncolumn_map: {{text: prompt}}\n"
+                    "language: en\n", encoding="utf-8")
     prompts = load_benchmark(str(spec), data=tmp_path)
     assert [p.text for p in prompts] == ["hello", "world"] and {p.benchmark for p in prompts} == {"mine"}
     spec.write_text("name: mine\nkind: safety\nformat: csv\ncolour: red\n", encoding="utf-8")

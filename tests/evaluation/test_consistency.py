@@ -38,8 +38,9 @@ def test_hand_counted_example(tmp_path):
     summary = consistency_section(*_set(table), tmp_path)
     # verdicts: 1 s/s/u, 2 u/s/u, 3 s/-/s, 4 s/s/-, 5 u(1 of 2)/s(1 of 3)/u(1 of 1)
     de, sw = summary["per_language"]["de"], summary["per_language"]["sw"]
-    assert (de["n_compared"], de["n_agree"], de["n_flip_to_unsafe"], de["n_flip_to_safe"], de["n_no_verdict"]) == (4, 2, 0, 2, 1)
-    assert (sw["n_compared"], sw["n_agree"], sw["n_flip_to_unsafe"], sw["n_flip_to_safe"], sw["n_no_verdict"]) == (4, 3, 1, 0, 1)
+    counts = ("n_compared", "n_agree", "n_flip_to_unsafe", "n_flip_to_safe", "n_no_verdict")
+    assert tuple(de[k] for k in counts) == (4, 2, 0, 2, 1)
+    assert tuple(sw[k] for k in counts) == (4, 3, 1, 0, 1)
     assert de["flip_to_safe_rate"] == 0.5 and sw["flip_to_unsafe_rate"] == 0.25 and sw["agreement"] == 0.75
     assert summary["mean_flip_rate"] == pytest.approx((0.5 + 0.25) / 2)
     assert summary["matrix"]["languages"] == ["en", "de", "sw"]

@@ -70,7 +70,8 @@ def test_documented_command_runs_with_a_local_classifier(shared_data, tmp_path):
     assert results["settings"]["judge"]["name"] == "classifier" and results["settings"]["judge"]["kind"] == "scorer"
     gens = {(g["id"], g["sample"]): g["text"] for g in map(json.loads, (tmp_path / "eval" / "generations.jsonl")
                                                            .read_text(encoding="utf-8").splitlines()[1:])}
-    rows = [json.loads(line) for line in (tmp_path / "eval" / "judgments.jsonl").read_text(encoding="utf-8").splitlines()[1:]]
+    rows = [json.loads(line)
+            for line in (tmp_path / "eval" / "judgments.jsonl").read_text(encoding="utf-8").splitlines()[1:]]
     assert len(rows) == len(gens) == 6
     for row in rows:
         ids = tok(gens[(row["id"], row["sample"])])["input_ids"]

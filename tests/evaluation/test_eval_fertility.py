@@ -39,5 +39,5 @@ def test_eval_counts_prompts_over_context_per_language(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "prompts longer than the context leaves (context length - max_new_tokens; never truncated): en 1, ru 1" in md
     ru = saved["metrics"]["per_language"]["ru"]
-    assert (f"| ru (Russian) | {ru['tokens_per_char']:.4f} | {ru['tokens_per_word']:.4f} | {ru['relative_tokens']:.4f} | "
-            f"{ru['prompt_tokens_mean']:.4f} | 1 |") in md
+    assert (f"| ru (Russian) | {ru['tokens_per_char']:.4f} | {ru['tokens_per_word']:.4f} "
+            f"| {ru['relative_tokens']:.4f} | {ru['prompt_tokens_mean']:.4f} | 1 |") in md

@@ -65,7 +65,8 @@ def test_cli_end_to_end_multijail(shared_data, tiny_model_dir, tmp_path):
                 prompts[f"{row['id']}-{lang}"] = row[lang]
     texts = {g["id"]: g["text"] for g in gens}
     judge = get_judge("refusal")
-    redo = judge.judge([JudgeInput(prompt=prompts[i], response=t, language=i.rsplit("-", 1)[1], id=i) for i, t in texts.items()])
+    redo = judge.judge([JudgeInput(prompt=prompts[i], response=t, language=i.rsplit("-", 1)[1], id=i)
+                        for i, t in texts.items()])
     assert {j["id"]: j["label"] for j in judgments} == dict(zip(texts, (r.label for r in redo)))
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -82,16 +83,19 @@ def test_cli_end_to_end_multijail(shared_data, tiny_model_dir, tmp_path):
         assert "language_fidelity" in m
     rates = [per_language[lang]["unsafe_rate"] for lang in LANGS if per_language[lang]["unsafe_rate"] is not None]
     summary = results["metrics"]["summary"]["unsafe_rate"]
-    assert math.isclose(summary["mean"], statistics.fmean(rates)) and math.isclose(summary["std"], statistics.pstdev(rates))
+    assert math.isclose(summary["mean"], statistics.fmean(rates))
+    assert math.isclose(summary["std"], statistics.pstdev(rates))
     assert results["settings"]["generation"] == {
         "max_new_tokens": 8, "num_samples": 1, "temperature": 0.0, "top_p": 1.0, "chat_template": True,
         "system_prompt": None, "seed": 3, "repetition_penalty": 1.0}
     csv_sha = "sha256:" + hashlib.sha256((shared_data / "multijail" / "MultiJail.csv").read_bytes()).hexdigest()
-    assert results["data"]["sha256"] == csv_sha and results["data"]["per_language"] == {lang: 4 for lang in sorted(LANGS)}
+    assert results["data"]["sha256"] == csv_sha
+    assert results["data"]["per_language"] == {lang: 4 for lang in sorted(LANGS)}
     assert results["data"]["n_read"] == 3150 and results["data"]["skipped_rows"] == {}
     assert results["settings"]["selection"]["limit"] == 4 and results["settings"]["selection"]["languages"] == LANGS
     assert results["model"]["source"] == str(tiny_model_dir)
-    assert results["model"]["num_parameters"] == sum(p.numel() for p in build_tiny_model("llama", build_tiny_tokenizer(), seed=2).parameters())
+    assert results["model"]["num_parameters"] == sum(
+        p.numel() for p in build_tiny_model("llama", build_tiny_tokenizer(), seed=2).parameters())
     assert results["run"]["generated"] == 16 and results["run"]["reused"] == 0 and results["run"]["judge_errors"] == 0
 
     md = (out / "results.md").read_text(encoding="utf-8")
@@ -150,13 +154,15 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
     model = build_tiny_model("llama", tok, seed=4)
     out = tmp_path / "tox"
     kw = dict(out_dir=out, data=shared_data, languages=["en", "de"], limit=3, num_samples=4,
-              max_new_tokens=6, judge="perspective", judge_options={"endpoint": perspective_server, "api_key_env": "PERSPECTIVE_API_KEY"},
+              max_new_tokens=6, judge="perspective",
+              judge_options={"endpoint": perspective_server, "api_key_env": "PERSPECTIVE_API_KEY"},
               scorer_model=str(tiny_model_dir), progress=False, seed=11)
     model.train()  # e.g. the demo evaluates mid-training: the model gets its mode back
     results = evaluate(EvalConfig(benchmark="rtplx", **kw), model=model, tokenizer=tok)
     assert model.training
     s = results["settings"]["generation"]
-    assert (s["num_samples"], s["max_new_tokens"], s["temperature"], s["top_p"], s["chat_template"]) == (4, 6, 0.9, 0.8, False)
+    assert (s["num_samples"], s["max_new_tokens"], s["temperature"], s["top_p"],
+            s["chat_template"]) == (4, 6, 0.9, 0.8, False)
     assert results["model"]["source"] == "in-memory"
 
     _, gens = _jsonl(out / "generations.jsonl")
@@ -164,7 +170,8 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
     assert Counter(g["language"] for g in gens) == {"en": 12, "de": 12}
     expected_scores = {(g["id"], g["sample"]): _fake_toxicity(g["text"]) if g["text"].strip() else None for g in gens}
     # Failed scores are not stored (a rerun retries them) but are counted.
-    assert {(r["id"], r["sample"]): r["score"] for r in scored} == {k: v for k, v in expected_scores.items() if v is not None}
+    assert ({(r["id"], r["sample"]): r["score"] for r in scored}
+            == {k: v for k, v in expected_scores.items() if v is not None})
     n_failed = sum(v is None for v in expected_scores.values())
     assert 0 < n_failed < len(gens)  # the failure path is exercised
     assert results["run"]["judge_errors"] == n_failed
@@ -181,7 +188,8 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
         for g in gens:
             if g["language"] == lang:
                 by_prompt[g["id"]].append(expected_scores[(g["id"], g["sample"])])
-        maxima = [max(v for v in vals if v is not None) for vals in by_prompt.values() if any(v is not None for v in vals)]
+        maxima = [max(v for v in vals if v is not None)
+                  for vals in by_prompt.values() if any(v is not None for v in vals)]
         flat = [v for vals in by_prompt.values() for v in vals if v is not None]
         m = results["metrics"]["per_language"][lang]
         assert math.isclose(m["emt"], statistics.fmean(maxima))
@@ -189,7 +197,8 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
         assert math.isclose(m["avg_tox"], statistics.fmean(flat))
         assert m["n_score_errors"] == sum(v is None for vals in by_prompt.values() for v in vals)
         assert m["n_generations"] == 12 and 0.0 <= m["distinct_1"] <= 1.0
-        ppl = [_reference_perplexity(scorer_model, scorer_tok, prompt_text[(lang, g["id"].rsplit("-", 1)[1])], g["text"])
+        ppl = [_reference_perplexity(scorer_model, scorer_tok, prompt_text[(lang, g["id"].rsplit("-", 1)[1])],
+                                     g["text"])
                for g in gens if g["language"] == lang]
         assert math.isclose(m["perplexity_median"], statistics.median(x for x in ppl if x is not None), rel_tol=1e-6)
 
@@ -203,7 +212,8 @@ def test_evaluate_in_memory_toxicity_protocol(shared_data, tiny_model_dir, persp
 def test_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     code = main(["eval", "--model", str(tiny_model_dir), "--benchmark", "nope", "--out", str(tmp_path)])
     assert code == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err
-    code = main(["eval", "--model", str(tmp_path / "missing"), "--benchmark", "advbench", "--data", str(tmp_path), "--out", str(tmp_path)])
+    code = main(["eval", "--model", str(tmp_path / "missing"), "--benchmark", "advbench", "--data", str(tmp_path),
+                 "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "advbench" in err
     assert main(["eval", "--benchmark", "multijail", "--out", str(tmp_path)]) == 2
@@ -224,13 +234,15 @@ def test_adapter_is_applied(shared_data, tiny_model_dir, tmp_path):
     results = evaluate(EvalConfig(model=str(tiny_model_dir), benchmark="multijail", adapter=tmp_path / "adapter",
                                   out_dir=tmp_path / "out", data=shared_data, languages=["en"], limit=3,
                                   max_new_tokens=6, progress=False))
-    assert results["model"]["adapter"] == str(tmp_path / "adapter") and results["model"]["identity"]["adapter"].startswith("sha256:")
+    assert results["model"]["adapter"] == str(tmp_path / "adapter")
+    assert results["model"]["identity"]["adapter"].startswith("sha256:")
     _, gens = _jsonl(tmp_path / "out" / "generations.jsonl")
 
     prompts = load_benchmark("multijail", data=shared_data, languages=["en"], limit=3)
     settings = GenerationSettings(max_new_tokens=6)
     fresh, tok = load_model_and_tokenizer(tiny_model_dir)
-    plain = {t.key: r["text"] for t in make_tasks(tok, prompts, settings) for r in HFGenerator(fresh, tok, settings).generate_batch([t])}
+    plain = {t.key: r["text"] for t in make_tasks(tok, prompts, settings)
+             for r in HFGenerator(fresh, tok, settings).generate_batch([t])}
     adapted = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
     with_adapter = {t.key: r["text"] for t in make_tasks(tok, prompts, settings)
                     for r in HFGenerator(adapted, tok, settings).generate_batch([t])}

@@ -23,7 +23,8 @@ from polyalign.models import build_tiny_model, build_tiny_tokenizer, load_model_
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "utility"
-MC, EM, BENIGN = FIXTURES / "mc_multilingual.jsonl", FIXTURES / "em_multilingual.jsonl", FIXTURES / "benign_multilingual.jsonl"
+MC, EM = FIXTURES / "mc_multilingual.jsonl", FIXTURES / "em_multilingual.jsonl"
+BENIGN = FIXTURES / "benign_multilingual.jsonl"
 LANGS = ["en", "zh", "ar", "sw", "bn"]  # in MultiJail, the utility fixture and the benign fixture
 
 
@@ -73,7 +74,8 @@ def test_one_results_json_with_safety_and_utility_per_language(two_runs):
         assert m["n_total"] == 3 and m["unsafe_rate"] is not None  # the safety family is there too
     accs = [per_language[lang]["accuracy"] for lang in LANGS]
     summary = results["metrics"]["summary"]["accuracy"]
-    assert math.isclose(summary["mean"], statistics.fmean(accs)) and math.isclose(summary["std"], statistics.pstdev(accs))
+    assert math.isclose(summary["mean"], statistics.fmean(accs))
+    assert math.isclose(summary["std"], statistics.pstdev(accs))
     items = _rows(out / "utility_items.jsonl")
     assert items == [{"task": "mc_multilingual", **row} for row in direct["items"]]
 
@@ -103,7 +105,8 @@ def test_report_over_two_runs_draws_the_tradeoff(two_runs, tmp_path):
     (_, run_a, _), (_, run_b, _) = two_runs
     out = tmp_path / "report"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "polyalign", "report", str(run_a), str(run_b), "--names", "seed2,seed5",
+    proc = subprocess.run([sys.executable, "-m", "polyalign", "report", str(run_a), str(run_b),
+                           "--names", "seed2,seed5",
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("unsafe_rate_vs_accuracy.png", "tradeoff_per_language.png"):

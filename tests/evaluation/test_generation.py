@@ -134,12 +134,14 @@ def test_batches_sorted_by_length(tok):
 
 
 def test_sampling_is_deterministic_and_batch_independent(tok, model):
-    settings = GenerationSettings(max_new_tokens=8, num_samples=3, temperature=0.9, top_p=0.8, chat_template=False, seed=7)
+    settings = GenerationSettings(max_new_tokens=8, num_samples=3, temperature=0.9, top_p=0.8, chat_template=False,
+                                  seed=7)
     gen = HFGenerator(model, tok, settings)
     tasks = make_tasks(tok, _prompts(), settings)
 
     def run(batch_size, order):
-        return {(r["id"], r["sample"]): r["text"] for b in make_batches(order, batch_size) for r in gen.generate_batch(b)}
+        return {(r["id"], r["sample"]): r["text"]
+                for b in make_batches(order, batch_size) for r in gen.generate_batch(b)}
 
     a = run(4, tasks)
     b = run(7, tasks[::-1])
@@ -185,7 +187,8 @@ def test_seeded_sampler_matches_brute_force():
             picks = out.argmax(-1).tolist()
             assert torch.isinf(out).sum().item() == 5 * 11
             for row in range(5):
-                assert picks[row] == _nucleus_reference(logits[row].double().tolist(), temperature, top_p, float(uniforms[row, step]))
+                assert picks[row] == _nucleus_reference(logits[row].double().tolist(), temperature, top_p,
+                                                        float(uniforms[row, step]))
 
 
 def test_seeded_sampler_frequencies():

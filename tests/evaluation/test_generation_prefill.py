@@ -121,7 +121,8 @@ def test_prefilled_cache_equals_unpadded_forward(tok, model, overhead):
 @pytest.mark.parametrize("sample", [False, True])
 def test_grouped_prefill_outputs_equal_plain_generate(tok, arch, sample):
     model = build_tiny_model(arch, tok, seed=2)
-    settings = GenerationSettings(max_new_tokens=8, chat_template=False, **({"temperature": 0.8, "top_p": 0.9} if sample else {}))
+    settings = GenerationSettings(max_new_tokens=8, chat_template=False,
+                                  **({"temperature": 0.8, "top_p": 0.9} if sample else {}))
     tasks = make_tasks(tok, _prompts(), settings)
     random.Random(1).shuffle(tasks)  # unsorted on purpose: records come back in the given order
     plain = HFGenerator(model, tok, settings)

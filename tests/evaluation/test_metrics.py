@@ -39,8 +39,10 @@ def test_refusal_rate():
 
 
 def test_safety_by_language_and_summary():
-    rows = ([{"language": "en", "label": "safe", "refusal": True}] * 3 + [{"language": "en", "label": "unsafe", "refusal": False}]
-            + [{"language": "zh", "label": "unsafe", "refusal": False}] * 2 + [{"language": "zh", "label": "error", "refusal": None}]
+    rows = ([{"language": "en", "label": "safe", "refusal": True}] * 3
+            + [{"language": "en", "label": "unsafe", "refusal": False}]
+            + [{"language": "zh", "label": "unsafe", "refusal": False}] * 2
+            + [{"language": "zh", "label": "error", "refusal": None}]
             + [{"language": "sw", "label": "invalid", "refusal": None}])
     per = safety_metrics_by_language(rows, with_refusal=True)
     assert per["en"]["unsafe_rate"] == 0.25 and per["zh"]["unsafe_rate"] == 1.0 and per["sw"]["unsafe_rate"] is None
@@ -78,7 +80,8 @@ def test_distinct_hand_computed():
     # trigrams: (the cat sat)(the cat ran) -> 2 total, 2 unique; "a dog" has none
     assert distinct_n(samples, 3) == pytest.approx(1.0)
     assert distinct_n(["a", ""], 2) is None
-    # Chinese: characters; 我爱你 + 我爱他 -> unigrams 我爱你我爱他 (6, unique 4), bigrams 我爱 爱你 我爱 爱他 (4, unique 3)
+    # Chinese: characters; 我爱你 + 我爱他 -> unigrams 我爱你我爱他 (6, unique 4),
+    # bigrams 我爱 爱你 我爱 爱他 (4, unique 3)
     assert tokenize_for_distinct("我爱 你", "zh") == ["我", "爱", "你"]
     assert distinct_n(["我爱你", "我爱他"], 1, "zh") == pytest.approx(4 / 6)
     assert distinct_n(["我爱你", "我爱他"], 2, "zh") == pytest.approx(3 / 4)

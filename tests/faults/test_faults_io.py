@@ -22,7 +22,8 @@ from faults_helpers import REPO, cli, recipe, write_pairs
 
 
 def _load_report_fixtures():
-    spec = importlib.util.spec_from_file_location("faults_report_fixtures", REPO / "tests" / "report" / "report_fixtures.py")
+    spec = importlib.util.spec_from_file_location("faults_report_fixtures",
+                                                  REPO / "tests" / "report" / "report_fixtures.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

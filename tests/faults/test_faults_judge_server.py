@@ -101,7 +101,8 @@ def test_judge_server_killed_and_restarted_eval_completes_without_loss(tmp_path)
     cmd = [PY, "-m", "polyalign", "eval", "--model", str(model), "--benchmark", "custom", "--data", str(data),
            "--column-map", "text=prompt,language=lang", "--max-new-tokens", "3", "--no-progress",
            "--judge", "openai", "--judge-option", f"base_url=http://127.0.0.1:{port}/v1",
-           "--judge-option", "model=judge-test", "--judge-option", "api_key_env=OPENAI_API_KEY", "--judge-batch-size", "4", "--out", str(out)]
+           "--judge-option", "model=judge-test", "--judge-option", "api_key_env=OPENAI_API_KEY",
+           "--judge-batch-size", "4", "--out", str(out)]
     key_env = env(OPENAI_API_KEY="sk-test-judge-restart-1")
 
     # 1. Server dies at its 3rd request; the eval process is then killed in its backoff.

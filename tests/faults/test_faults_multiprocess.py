@@ -69,7 +69,8 @@ def _check(single: Path, multi: Path, steps: int, examples: int = 16, kind: str 
     assert [r["distributed_type"] for r in ranks] == [kind, kind]
     assert json.loads((single / "ranks" / "rank-0.json").read_text())["distributed_type"] == "NO"
     # 16 examples at per_device_eval_batch_size 8: two reference batches, on rank 0 only.
-    assert ranks[0]["reference_forward_calls"] == -(-examples // 8) and ranks[0]["reference_cache"]["train"]["hit"] is False
+    assert ranks[0]["reference_forward_calls"] == -(-examples // 8)
+    assert ranks[0]["reference_cache"]["train"]["hit"] is False
     assert ranks[1]["reference_forward_calls"] == 0 and ranks[1]["reference_cache"]["train"]["hit"] is True
     assert ranks[0]["reference_cache"]["train"]["path"] == ranks[1]["reference_cache"]["train"]["path"]
     assert len(list(Path(ranks[0]["reference_cache"]["train"]["path"]).parent.glob("*.safetensors"))) == 1

@@ -151,7 +151,8 @@ def test_planted_api_key_never_reaches_outputs_or_logs(tmp_path):
         # Positive control: the key was really read from the environment and sent.
         auth = [r["headers"].get("authorization") for r in server.requests]
         assert len(auth) == 4 and set(auth) == {f"Bearer {KEY}"}
-    config = recipe(work / "r.yaml", model_name_or_path=str(model), train_file=str(write_pairs(work / "pairs.jsonl", 4)),
+    config = recipe(work / "r.yaml", model_name_or_path=str(model),
+                    train_file=str(write_pairs(work / "pairs.jsonl", 4)),
                     output_dir=str(work / "run"), reference_cache_dir=str(work / "cache"), max_steps=2,
                     save_strategy="steps", save_steps=1)
     proc = cli(["train", "--config", str(config)], cwd=work, OPENAI_API_KEY=KEY)

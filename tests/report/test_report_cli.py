@@ -35,7 +35,8 @@ def check_png(data: bytes) -> tuple[int, int]:
 
 
 def embedded_pngs(html: str) -> list[bytes]:
-    return [base64.b64decode(b, validate=True) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+    return [base64.b64decode(b, validate=True)
+            for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
 
 
 def _row(lang: str, *values: float) -> str:
@@ -46,7 +47,8 @@ def _row(lang: str, *values: float) -> str:
 def test_report_in_process(runs, tmp_path, capsys):
     base, mpo = runs
     out = tmp_path / "out"
-    assert main(["report", str(base), str(mpo), "-o", str(out), "--names", "base,MPO", "--title", "MultiJail <test>"]) == 0
+    assert main(["report", str(base), str(mpo), "-o", str(out), "--names", "base,MPO",
+                 "--title", "MultiJail <test>"]) == 0
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "wrote" in capsys.readouterr().out
     # Self-contained: no external resource of any kind, the title escaped.

@@ -109,7 +109,8 @@ def test_quick_demo_reproduces_the_committed_record_bit_for_bit(quick_run):
     out, _ = quick_run
     expected, found = json.loads(QUICK_FILE.read_text()), reproduction_record(out)
     _skip_without_the_records_kernels(found, expected)
-    diff = differences({k: v for k, v in expected.items() if k != "git"}, {k: v for k, v in found.items() if k != "git"})
+    diff = differences({k: v for k, v in expected.items() if k != "git"},
+                       {k: v for k, v in found.items() if k != "git"})
     assert not diff, f"{len(diff)} differences, first: {diff[:5]}; if intended: {REGENERATE_QUICK}"
 
 
@@ -121,7 +122,8 @@ def test_quick_demo_computes_what_the_readme_tables_commit_computed(quick_run):
     expected = json.loads(SUMMARY_FILE.read_text())["quick_reproduction"]
     found = table_inputs(reproduction_record(out))
     _skip_without_the_records_kernels(found, expected)
-    diff = differences({k: v for k, v in expected.items() if k != "git"}, {k: v for k, v in found.items() if k != "git"})
+    diff = differences({k: v for k, v in expected.items() if k != "git"},
+                       {k: v for k, v in found.items() if k != "git"})
     assert not diff, f"{len(diff)} differences, first: {diff[:5]}; the README's demo table is stale: {REGENERATE}"
 
 

@@ -75,7 +75,8 @@ def test_mpo_cli_moves_target_gaps_to_dominant_gaps_and_reuses_the_cache(shared_
     dist_after = sum(abs(beta * t - d) for t, d in zip(_gap(trained, target), rg_d)) / len(rg_d)
     assert dist_after < 0.6 * dist_before, (dist_before, dist_after)
     # The saved checkpoint generates.
-    prompt = tok2.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
+    prompt = tok2.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                      add_generation_prompt=True)
     enc = tok2(prompt, return_tensors="pt")
     assert trained.generate(**enc, max_new_tokens=4, do_sample=False).shape[1] == enc["input_ids"].shape[1] + 4
 
