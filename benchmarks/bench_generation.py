@@ -36,7 +36,8 @@ def _prompts(size: str) -> list[Any]:
     s = common.SIZES[size]
     rng = random.Random(5)
     longest = 12 if size == "quick" else 60
-    return [EvalPrompt(id=f"g{i}", language="en", text=" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, longest))),
+    return [EvalPrompt(id=f"g{i}", language="en",
+                       text=" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, longest))),
                        benchmark="bench") for i in range(s["gen_prompts"])]
 
 

@@ -83,7 +83,8 @@ def run(args: Any) -> dict[str, Any]:
         "achieved_flops_issue": issue_flops / step, "achieved_flops_executed": executed / step,
         "mfu_issue": issue_flops / step / best_peak, "mfu_executed": executed / step / best_peak,
         "formula_issue": "6 * P_total * T_real (+ 2 * P_total * T_forward_only = 0: reference cached)",
-        "formula_executed": f"6*P_body*T_padded + {head_passes:.0f}*P_head*T_response + 12*layers*hidden*rows*T_width^2",
+        "formula_executed": f"6*P_body*T_padded + {head_passes:.0f}*P_head*T_response "
+                            "+ 12*layers*hidden*rows*T_width^2",
     }
 
 

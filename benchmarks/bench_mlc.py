@@ -111,7 +111,8 @@ def run(args: Any) -> dict[str, Any]:
 
     common.reset_peak_rss()
     timing, losses = common.time_calls(step, s["warmup"], s["repeats"])
-    result = {"bench": "mlc", "mlc_path": path, "preference_tokens_per_step": tokens, "variant_tokens_per_step": variant_tokens,
+    result = {"bench": "mlc", "mlc_path": path, "preference_tokens_per_step": tokens,
+              "variant_tokens_per_step": variant_tokens,
               "languages": s["mlc_langs"], "mlc_weight": MLC_WEIGHT, "losses": losses, **timing,
               "tokens_per_s": tokens / timing["median_s"], "peak_rss_mb": common.peak_rss_mb(),
               "params": common.count_params(model)}

@@ -171,7 +171,8 @@ def run(args: Any) -> dict[str, Any]:
     timing, losses = common.time_calls(setup["step"], s["warmup"], s["repeats"])
     result = {
         "bench": "mpo", "gradient_checkpointing": {None: "off", True: "reentrant", False: "non-reentrant"}[
-            GC_MODE.get(args.impl)], "tokens_per_step": setup["tokens"], "tokens_per_s": setup["tokens"] / timing["median_s"],
+            GC_MODE.get(args.impl)], "tokens_per_step": setup["tokens"],
+        "tokens_per_s": setup["tokens"] / timing["median_s"],
         "losses": [x["loss"] for x in losses], "terms": losses, **timing,
         "peak_rss_mb": common.peak_rss_mb(), "rss_before_steps_mb": rss_before,
         "peak_rss_incl_setup_mb": setup_peak, "peak_reset": reset_ok, "params": common.count_params(setup["model"]),

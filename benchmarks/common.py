@@ -36,11 +36,11 @@ RESULT_MARK = "BENCH_RESULT_JSON:"
 #: ``gen_batch`` None: the generation harness's default batch size (``HFGenerator``).
 SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(hidden=64, layers=2, heads=4, inter=128, vocab=None, seq=64, pairs=2, prompt=(8, 24),
-                  response=(4, 24), warmup=1, repeats=2, gen_prompts=4, gen_new=6, gen_batch=4, gen_repeats=2, mlc_langs=3,
-                  matmul_n=256),
+                  response=(4, 24), warmup=1, repeats=2, gen_prompts=4, gen_new=6, gen_batch=4, gen_repeats=2,
+                  mlc_langs=3, matmul_n=256),
     "report": dict(hidden=512, layers=8, heads=8, inter=1408, vocab=32000, seq=256, pairs=2, prompt=(64, 128),
-                   response=(48, 128), warmup=1, repeats=5, gen_prompts=48, gen_new=24, gen_batch=None, gen_repeats=3, mlc_langs=4,
-                   matmul_n=2048),
+                   response=(48, 128), warmup=1, repeats=5, gen_prompts=48, gen_new=24, gen_batch=None, gen_repeats=3,
+                   mlc_langs=4, matmul_n=2048),
 }
 # Real model shapes (issue 19): the architectures' configs exactly as the released checkpoints'
 # config.json (random seeded weights, nothing downloaded); special-token ids from the tiny tokenizer.

@@ -124,7 +124,8 @@ def results_markdown(sizes: dict[str, dict[str, Any]], notes: str) -> str:
              "## Targets per shape", ""]
     for size, summary in sizes.items():
         lines += [f"### {SIZES[size]}", "", f"Measured at {_provenance(summary)}.", "",
-                  "| dtype | target | value (median) | value (best-of) | threshold | met |", "|---|---|---|---|---|---|"]
+                  "| dtype | target | value (median) | value (best-of) | threshold | met |",
+                  "|---|---|---|---|---|---|"]
         for dtype in summary["dtypes"]:
             per = summary["targets"].get(dtype, {})
             for name, t in per.items():

@@ -190,7 +190,7 @@ def target_status(summaries: dict[str, dict[str, dict[str, Any]]], size: str = "
             if value is None:
                 continue
 
-            def check(v: float) -> bool:
+            def check(v: float, op: str = op, threshold: float = threshold) -> bool:  # this target's (B023)
                 return v <= threshold if op == "<=" else v >= threshold
 
             out.setdefault(dtype, {})[name] = {"value": value, "best_of": best, "op": op, "target": threshold,
@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benches", default=None, help=f"comma list of {list(BENCHES)} (default: all for the size)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--impls", default=None, help="comma list: run only these implementations of each bench")
-    parser.add_argument("--out-dir", default=None, help="default: benchmarks/results (report), benchmarks/results/<size>")
+    parser.add_argument("--out-dir", default=None,
+                        help="default: benchmarks/results (report), benchmarks/results/<size>")
     parser.add_argument("--md", default=None, help="default: <out-dir>/RESULTS.md")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile (one more step) at the real shapes too")
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finalize", action="store_true",
                         help="write summary.json from the <bench>.json files already in --out-dir (a run that was "
                              "stopped after some benches), with the git state of --git-from")
-    parser.add_argument("--git-from", default=None, help="checkout whose git state --finalize records (default: this one)")
+    parser.add_argument("--git-from", default=None,
+                        help="checkout whose git state --finalize records (default: this one)")
     parser.add_argument("--rebuild-md", action="store_true",
                         help="only regenerate the Markdown (per size and benchmarks/RESULTS.md + README) from the JSON")
     args = parser.parse_args(argv)

@@ -76,7 +76,7 @@ class GenerationSettings:
     def do_sample(self) -> bool:
         return self.temperature > 0
 
-    def validate(self) -> "GenerationSettings":
+    def validate(self) -> GenerationSettings:
         if self.max_new_tokens < 1:
             raise UserError(f"must be at least 1, got {self.max_new_tokens}", field="max_new_tokens")
         if self.num_samples < 1:
@@ -126,7 +126,8 @@ def render_prompt(tokenizer: Any, text: str, settings: GenerationSettings) -> tu
     """
     if settings.chat_template:
         if not getattr(tokenizer, "chat_template", None):
-            raise UserError("the tokenizer has no chat template; use --no-chat-template to continue raw text", field="chat_template")
+            raise UserError("the tokenizer has no chat template; use --no-chat-template to continue raw text",
+                            field="chat_template")
         messages = ([{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else [])
         messages.append({"role": "user", "content": text})
         try:
@@ -171,7 +172,8 @@ def prefill_groups(lengths: Sequence[int], overhead: int) -> list[list[int]]:
     best, cut = [0] + [0] * len(order), [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         # The group order[start:end] is as long as its first (longest) row.
-        best[end], cut[end] = min((best[start] + overhead + (end - start) * lengths[order[start]], start) for start in range(end))
+        best[end], cut[end] = min((best[start] + overhead + (end - start) * lengths[order[start]], start)
+                                  for start in range(end))
     groups, end = [], len(order)
     while end > 0:
         groups.append(order[cut[end] : end])
@@ -245,12 +247,14 @@ class HFGenerator:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, settings: GenerationSettings, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, model: Any, tokenizer: Any, settings: GenerationSettings, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings.validate()
         self.batch_size = batch_size
         if tokenizer.pad_token_id is None:
-            raise UserError("the tokenizer has no pad token (load it with polyalign.models.load_model_and_tokenizer)", field="pad_token")
+            raise UserError("the tokenizer has no pad token (load it with polyalign.models.load_model_and_tokenizer)",
+                            field="pad_token")
         self.eos_ids = _eos_ids(model, tokenizer)
         if not self.eos_ids:
             raise UserError("the model has no eos token: generation could not stop", field="eos_token_id")
@@ -280,7 +284,8 @@ class HFGenerator:
         # Fixed cost of one forward in prompt tokens: ~36 measured on CPU (2 threads, 58M
         # Llama: 12 ms + 0.33 ms/token). On a GPU a forward is mostly fixed cost, so prompts
         # are grouped more coarsely there (512: a guess, not measured here).
-        overhead = self.prefill_overhead if self.prefill_overhead is not None else (32 if self.device.type == "cpu" else 512)
+        overhead = (self.prefill_overhead if self.prefill_overhead is not None
+                    else (32 if self.device.type == "cpu" else 512))
         cache = StaticCache(config=self.model.config, max_cache_len=width + self.settings.max_new_tokens)
         filled = False
         with torch.inference_mode():
@@ -328,7 +333,8 @@ class HFGenerator:
         processors = LogitsProcessorList()
         seeds = [row_seed(s.seed, t.prompt.id, t.sample) for t in tasks] if s.do_sample else []
         if s.do_sample:
-            uniforms = torch.stack([torch.rand(s.max_new_tokens, generator=torch.Generator().manual_seed(x), dtype=torch.float64) for x in seeds])
+            uniforms = torch.stack([torch.rand(s.max_new_tokens, generator=torch.Generator().manual_seed(x),
+                                               dtype=torch.float64) for x in seeds])
             processors.append(SeededSampler(uniforms, width, s.temperature, s.top_p))
         with torch.inference_mode():
             out = self.model.generate(
@@ -375,9 +381,11 @@ def run_generation(
             pending.append(task)
         elif stored.get("prompt_sha") != prompt_sha(task.rendered):
             raise UserError(f"prompt {task.prompt.id!r} differs from the one its stored generation answered "
-                            "(data or chat template changed); use another output folder", file=store.path, field="prompt_sha")
+                            "(data or chat template changed); use another output folder", file=store.path,
+                            field="prompt_sha")
     reused = len(tasks) - len(pending)
-    bar = tqdm(total=len(tasks), initial=reused, desc="generating", unit="gen", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(tasks), initial=reused, desc="generating", unit="gen", disable=not progress,
+               dynamic_ncols=True)
     generated = 0
     try:
         for batch in make_batches(pending, generator.batch_size):

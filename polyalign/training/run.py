@@ -179,7 +179,6 @@ def train(config: PolyalignConfig) -> dict[str, Any]:
     if not config.train_file:
         raise UserError("train_file is required", field="train_file")
     from polyalign.training.distributed import apply_ddp_defaults, ensure_output_dir
-
     from polyalign.training.identity import RUN_FILE, claim_output_dir, fingerprint_callback, record_run
 
     ensure_output_dir(config.output_dir)  # fail before loading anything when it is not writable
