@@ -88,7 +88,8 @@ def evaluate_model(model_path: str | Path, out_dir: str | Path, *, multijail: st
             "reward_gap": gap.per_language.get(lang, {}).get("mean_gap"),
             "reward_gap_n": gap.per_language.get(lang, {}).get("n"),
             "examples": [{"id": g["id"], "label": judgments.get((g["id"], g.get("sample", 0))),
-                          "text": g["text"][:200]} for g in sorted(gens, key=lambda g: str(g["id"]))[:examples_per_language]],
+                          "text": g["text"][:200]}
+                         for g in sorted(gens, key=lambda g: str(g["id"]))[:examples_per_language]],
         }
     for lang, values in gap.per_language.items():  # ja: trained and gap-scored, not in MultiJail
         per_language.setdefault(lang, {"reward_gap": values["mean_gap"], "reward_gap_n": values["n"]})

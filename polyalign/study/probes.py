@@ -74,7 +74,8 @@ def run_probes(model_path: str | Path, out_dir: str | Path, *, detox_parallel: s
         atomic_write_json(out / "retrieval.json", data)
         _plot(out / "retrieval.png", result.layers,
               {lang: result.per_layer[lang]["mean_aligned_cosine"] for lang in result.per_layer},
-              "mean cosine of aligned sentences (x vs en)", f"Bilingual retrieval per layer, {Path(str(model_path)).name}")
+              "mean cosine of aligned sentences (x vs en)",
+              f"Bilingual retrieval per layer, {Path(str(model_path)).name}")
         summary["retrieval"] = {"averages": result.averages, "n_sentences": n, "layers": result.layers}
     variants = multijail_variants(multijail, settings["multijail_prompts"], seed)
     languages = list(dict.fromkeys(lang for v in variants for lang in v.prompts))

@@ -130,7 +130,8 @@ def _check_values(values: dict[str, Any], path: str, lines: dict[str, int]) -> N
     if any(m in values["methods"] for m in NEEDS_DPO_EN) and "dpo_en" not in values["methods"]:
         raise fail("methods", "mpo and dpo_target start from dpo_en: list dpo_en too")
     seeds = values["seeds"]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+    if (not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
         raise fail("seeds", f"expected distinct integers, got {seeds!r}")
     for name in ("data.target_pairs_per_language", "data.reward_gap_pairs_per_language", "eval.prompts_per_language",
                  "eval.max_new_tokens", "eval.batch_size", "degenerate.ngram", "threads", "budget_minutes"):

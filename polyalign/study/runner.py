@@ -94,10 +94,13 @@ def run_study(recipe: StudyRecipe, out_dir: str | Path, *, log: Callable[[str], 
             folder = out / "models" / run
             key = f"{train_key}-{run}"
 
-            def fit(method: str = method, folder: Path = folder, key: str = key) -> dict[str, Any]:
+            # Every value the closure reads from the loops is bound now (B023).
+            def fit(method: str = method, folder: Path = folder, key: str = key,
+                    dpo_en_model: str | None = dpo_en_model, seed: int = seed) -> dict[str, Any]:
                 _fresh(folder, key)
                 config = method_config(method, train=train, base_model=base_model, dpo_en_model=dpo_en_model,
-                                       data_dir=data_dir, output_dir=folder, seed=seed, cache_dir=out / "reference_cache")
+                                       data_dir=data_dir, output_dir=folder, seed=seed,
+                                       cache_dir=out / "reference_cache")
                 return train_method(config)
             info = stages.run(f"train-{run}", key, fit)
             if method == "dpo_en":
@@ -155,7 +158,8 @@ def write_table(recipe: StudyRecipe, out_dir: str | Path) -> dict[str, Any]:
     records = stages.records()
     data = stages.done("data", recipe.digest("data") + recipe.digest("eval"))
     if data is None:
-        raise UserError("no finished data stage for this recipe: nothing to tabulate", file=out / "stages" / "data.json")
+        raise UserError("no finished data stage for this recipe: nothing to tabulate",
+                        file=out / "stages" / "data.json")
     done = [name for name in expected_stages(recipe) if name in records]
     cost = {"wall_s": round(sum(r["wall_s"] or 0 for r in records.values()), 1),
             "cpu_s": round(sum(r["cpu_s"] or 0 for r in records.values()), 1),

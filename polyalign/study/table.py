@@ -48,7 +48,7 @@ def build_summary(recipe: Any, out: Path, data_info: dict[str, Any], stage_recor
         if not summaries:
             continue
         per_language: dict[str, Any] = {}
-        for run, summary in summaries.items():
+        for summary in summaries.values():
             for lang in summary["per_language"]:
                 if lang not in languages:
                     languages.append(lang)

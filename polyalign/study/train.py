@@ -59,7 +59,8 @@ def train_method(config: Any) -> dict[str, Any]:
     history = [row for row in info.get("log_history", []) if "loss" in row]
     return {"saved_to": info["saved_to"], "method": config.method, "train_loss": info["metrics"].get("train_loss"),
             "steps": history[-1].get("step") if history else None,
-            "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None,
             "data": {name: {"records": d.get("records"), "skipped": {**d.get("read_skipped", {}),
                                                                      **d.get("tokenize", {}).get("skipped", {})}}
                      for name, d in info["data"].items()}}

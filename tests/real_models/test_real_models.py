@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from polyalign.cli import main
+from polyalign.models import load_model_and_tokenizer, resolve_model_source
 from ppl_helpers import (
     SENTENCES,
     norm_plus_one_model,
@@ -26,9 +29,6 @@ from ppl_helpers import (
     shuffled_model,
     unpermuted_qk_model,
 )
-
-from polyalign.cli import main
-from polyalign.models import load_model_and_tokenizer, resolve_model_source
 
 # Upper bounds on perplexity per language. SmolLM2: about the geometric middle between the
 # converted model and a copy with llama.cpp's Q/K permutation left in (measured en 11.7 vs 29.5,
@@ -65,7 +65,8 @@ def test_perplexity_bounds_reject_broken_models(real_model, measured):
     print(f"\n[real-model tier] {real_model} perplexity: {json.dumps({k: round(v, 1) for k, v in good.items()})}")
     for lang, bound in bounds.items():
         assert good[lang] < bound, (lang, good[lang], bound)
-    for label, make in (("random", random_model), ("shuffled", shuffled_model), ("misconverted", MISCONVERTED[real_model])):
+    for label, make in (("random", random_model), ("shuffled", shuffled_model),
+                        ("misconverted", MISCONVERTED[real_model])):
         broken = make(model)
         bad = {lang: perplexity(broken, tokenizer, SENTENCES[lang]) for lang in bounds}
         record["perplexity"][label] = bad
