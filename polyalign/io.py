@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from polyalign.errors import UserError
 
 
@@ -231,6 +233,25 @@ def replace_marked_block(text: str, block: str, begin: str, end: str, source: st
 
 
 JSON_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def marked_block(text: str, begin: str, end: str) -> str | None:
+    """The text from the ``begin`` marker through the ``end`` marker, or None when either is missing."""
+    return text[text.index(begin): text.index(end) + len(end)] if begin in text and end in text else None
+
+
+def read_yaml_document(path: str | Path) -> tuple[Any, Any]:
+    """``(value, node)`` of a YAML file: its parsed value and its node tree (which carries each key's
+    line); invalid YAML is a UserError naming the file and line."""
+    text = read_text_strict(path)
+    try:
+        node = yaml.compose(text)
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
+                        line=mark.line + 1 if mark else None) from None
+    return value, node
 
 
 def json_type_name(value: Any) -> str:

@@ -28,7 +28,7 @@ import yaml
 
 from polyalign.errors import UserError
 from polyalign.evaluation.suites import parse_suites
-from polyalign.io import read_text_strict
+from polyalign.io import read_yaml_document
 
 DEFAULT_MAX_JUDGE_ERROR_SHARE = 0.05
 DEFAULT_JUDGE_BATCH_SIZE = 32
@@ -204,14 +204,7 @@ def _typed(name: str, value: Any, node: yaml.Node | None) -> Any:
 
 def read_eval_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """``(settings, line of each key)`` of an eval config file; unknown keys and bad types are UserErrors."""
-    text = read_text_strict(path)
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
-                        line=mark.line + 1 if mark else None) from None
+    data, node = read_yaml_document(path)
     if data is None:
         return {}, {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from polyalign.io import atomic_write_json, atomic_write_text, read_json_file, replace_marked_block
+from polyalign.io import atomic_write_json, atomic_write_text, marked_block, read_json_file, replace_marked_block
 from polyalign.provenance import REPO_ROOT, git_state
 
 SUMMARY_FILE = REPO_ROOT / "results" / "real_models" / "summary.json"
@@ -120,7 +120,7 @@ def rewrite(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> bool:
 def check(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> list[str]:
     summary = read_json_file(summary_file)
     text = readme.read_text(encoding="utf-8")
-    block = text[text.index(BEGIN): text.index(END) + len(END)] if BEGIN in text and END in text else None
+    block = marked_block(text, BEGIN, END)
     if block != render_block(summary):
         return [f"{readme}: the real-models block differs from what {summary_file} renders "
                 "(rerun `make test-real-publish`)"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.errors import UserError
-from polyalign.io import atomic_write_json, atomic_write_text, replace_marked_block
+from polyalign.io import atomic_write_json, atomic_write_text, marked_block, replace_marked_block
 from polyalign.provenance import REPO_ROOT
 from polyalign.study.cost import budget_verdict, predict
 from polyalign.study.recipe import load_recipe
@@ -163,7 +163,7 @@ def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY
 def check(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> list[str]:
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     text = readme.read_text(encoding="utf-8")
-    block = text[text.index(BEGIN): text.index(END) + len(END)] if BEGIN in text and END in text else None
+    block = marked_block(text, BEGIN, END)
     if block != render_readme_block(summary):
         return [f"{readme}: the study block differs from what {summary_file} renders "
                 "(rerun the study and `polyalign study --publish`)"]

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from polyalign.errors import UserError
-from polyalign.io import read_text_strict
+from polyalign.io import read_yaml_document
 
 METHODS = ("base", "dpo_en", "mpo", "dpo_mlc", "dpo_target")
 # Methods that start from the English-DPO model of the same seed (their reference model).
@@ -95,14 +95,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_recipe(path: str | Path, *, quick: bool = False, overrides: dict[str, Any] | None = None) -> StudyRecipe:
     """Read and check ``path``; ``quick`` merges its ``quick:`` section; ``overrides`` (tests) last."""
-    text = read_text_strict(path)
-    try:
-        node = yaml.compose(text)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
-                        line=mark.line + 1 if mark else None) from None
+    values, node = read_yaml_document(path)
     if not isinstance(values, dict):
         raise UserError("a study recipe must be a mapping", file=path, line=1)
     lines = _lines(node)

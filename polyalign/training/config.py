@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 
 from polyalign.data.tokenize import TokenizeSettings
 from polyalign.errors import UserError
-from polyalign.io import read_text_strict
+from polyalign.io import read_yaml_document
 from polyalign.losses import DPO_LOSS_TYPES, MLC_SCALES, POOLINGS
 
 METHODS = ("dpo", "simpo", "orpo", "sft", "mpo")
@@ -300,14 +300,7 @@ def read_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     Plain (unquoted) scalars of text/enum fields keep their text (``save_strategy: no`` is
     ``"no"``, not YAML 1.1's False); see :func:`_typed`.
     """
-    text = read_text_strict(path)
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
-                        line=mark.line + 1 if mark else None) from None
+    data, node = read_yaml_document(path)
     if data is None:
         return {}, {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
