@@ -235,6 +235,16 @@ def replace_marked_block(text: str, block: str, begin: str, end: str, source: st
 JSON_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
 
+def rewrite_marked_block(path: Path, block: str, begin: str, end: str) -> bool:
+    """Replace the marked block of the file ``path`` with ``block`` (atomically, only when it differs);
+    returns whether the file changed."""
+    text = path.read_text(encoding="utf-8")
+    new = replace_marked_block(text, block, begin, end, path)
+    if new != text:
+        atomic_write_text(path, new)
+    return new != text
+
+
 def marked_block(text: str, begin: str, end: str) -> str | None:
     """The text from the ``begin`` marker through the ``end`` marker, or None when either is missing."""
     return text[text.index(begin): text.index(end) + len(end)] if begin in text and end in text else None

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from polyalign.io import atomic_write_json, atomic_write_text, marked_block, read_json_file, replace_marked_block
+from polyalign.io import atomic_write_json, marked_block, read_json_file, rewrite_marked_block
 from polyalign.provenance import REPO_ROOT, git_state
 
 SUMMARY_FILE = REPO_ROOT / "results" / "real_models" / "summary.json"
@@ -101,20 +101,12 @@ def publish(measured: dict[str, dict[str, Any]], run: dict[str, Any], readme: Pa
     """Store the tier's measurements and rewrite the README block; returns whether the README changed."""
     summary = {"models": measured, "run": run, "git": git_state()}
     atomic_write_json(summary_file, summary)
-    text = readme.read_text(encoding="utf-8")
-    new = replace_marked_block(text, render_block(read_json_file(summary_file)), BEGIN, END, readme)
-    if new != text:
-        atomic_write_text(readme, new)
-    return new != text
+    return rewrite(readme, summary_file)
 
 
 def rewrite(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> bool:
     """Rewrite the README block from the committed summary (after a change of the wording only)."""
-    text = readme.read_text(encoding="utf-8")
-    new = replace_marked_block(text, render_block(read_json_file(summary_file)), BEGIN, END, readme)
-    if new != text:
-        atomic_write_text(readme, new)
-    return new != text
+    return rewrite_marked_block(readme, render_block(read_json_file(summary_file)), BEGIN, END)
 
 
 def check(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.errors import UserError
-from polyalign.io import atomic_write_json, atomic_write_text, marked_block, replace_marked_block
+from polyalign.io import atomic_write_json, marked_block, rewrite_marked_block
 from polyalign.provenance import REPO_ROOT
 from polyalign.study.cost import budget_verdict, predict
 from polyalign.study.recipe import load_recipe
@@ -153,11 +153,7 @@ def publish(study_dir: Path, readme: Path = README, summary_file: Path = SUMMARY
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror} (run the study first)", file=study_dir / "study.json") from None
     atomic_write_json(summary_file, published(summary))
-    text = readme.read_text(encoding="utf-8")
-    new = replace_marked_block(text, render_readme_block(published(summary)), BEGIN, END, readme)
-    if new != text:
-        atomic_write_text(readme, new)
-    return new != text
+    return rewrite_marked_block(readme, render_readme_block(published(summary)), BEGIN, END)
 
 
 def check(readme: Path = README, summary_file: Path = SUMMARY_FILE) -> list[str]:
